@@ -1,0 +1,1 @@
+"""vtdsim.driver.intel."""

@@ -1,0 +1,425 @@
+"""Physical memory: sparse, page-granular, little-endian, optionally backed by a raw image.
+
+Design rationale
+----------------
+The remapping hardware reads every table through this object, so its qword read is the hottest
+function in vtdsim.  Each present 4 KiB page is a ``bytearray`` plus a ``memoryview`` cast to
+unsigned 64-bit words, so an aligned qword read is one dict lookup and one index
+(``self._q[pfn][off >> 3]``), with no slicing and no ``int.from_bytes``.  Pages never written
+read as zero and cost nothing.  Numpy views (:meth:`PhysicalMemory.page_array`) share the same
+buffers, for batch page-table writes.
+
+A raw image (byte *i* of the file is physical address *i*: QEMU ``pmemsave``, ``/dev/mem``
+dumps) is opened with ``mmap`` read-only; its pages are viewed lazily, never read whole, and a
+write copies the touched page into the sparse overlay, so the file is never modified.
+
+Accesses beyond ``size`` raise :class:`vtdsim.errors.MemoryAccessError`; the remapping unit
+turns that into the architectural fault (for example "root table access error").
+"""
+
+from __future__ import annotations
+
+import mmap
+import os
+import sys
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from vtdsim.errors import ArgumentError, MemoryAccessError, VtdsimError
+
+if TYPE_CHECKING:
+    import numpy as np
+    import numpy.typing as npt
+
+__all__ = [
+    "PAGE_SHIFT",
+    "PAGE_SIZE",
+    "FrameAllocator",
+    "FrameAllocatorStatistics",
+    "OutOfFrames",
+    "PhysicalMemory",
+]
+
+PAGE_SHIFT = 12
+PAGE_SIZE = 1 << PAGE_SHIFT
+_PAGE_MASK = PAGE_SIZE - 1
+_Q = (1 << 64) - 1
+
+if sys.byteorder != "little":  # pragma: no cover - every VT-d host is little-endian
+    raise ImportError("vtdsim.hw.memory needs a little-endian host (memoryview 'Q' casts)")
+
+
+class PhysicalMemory:
+    """A sparse 64-bit physical address space of ``size`` bytes (a multiple of 4 KiB)."""
+
+    __slots__ = ("_image", "_image_mv", "_image_pages", "_pages", "_q", "size")
+
+    def __init__(self, size: int = 1 << 32) -> None:
+        if not isinstance(size, int) or size <= 0 or size & _PAGE_MASK or size > 1 << 64:
+            raise ArgumentError("size", size, "a positive multiple of 4096 no larger than 2^64")
+        self.size = size
+        self._pages: dict[int, bytearray] = {}
+        self._q: dict[int, memoryview] = {}
+        self._image: mmap.mmap | None = None
+        self._image_mv: memoryview | None = None
+        self._image_pages = 0
+
+    # -- images ------------------------------------------------------------------------------
+
+    @classmethod
+    def from_image(cls, path: str | os.PathLike[str], size: int | None = None) -> PhysicalMemory:
+        """Open a raw image read-only through mmap.  ``size`` defaults to the file's size
+        rounded up to a page; bytes past the end of the file read as zero."""
+        p = Path(path)
+        try:
+            fd = os.open(p, os.O_RDONLY)
+        except OSError as e:
+            raise VtdsimError(f"cannot open memory image {str(p)!r}: {e.strerror}") from None
+        try:
+            length = os.fstat(fd).st_size
+            if length == 0:
+                raise VtdsimError(f"memory image {str(p)!r} is empty: expected a raw image")
+            mm = mmap.mmap(fd, length, access=mmap.ACCESS_READ)
+        finally:
+            os.close(fd)
+        extent = (length + _PAGE_MASK) & ~_PAGE_MASK
+        mem = cls(size if size is not None else extent)
+        mem._image = mm
+        mem._image_mv = memoryview(mm)
+        mem._image_pages = length // PAGE_SIZE  # whole pages only; a tail is copied on demand
+        if length % PAGE_SIZE:
+            tail_pfn = length // PAGE_SIZE
+            buf = bytearray(PAGE_SIZE)
+            buf[: length % PAGE_SIZE] = mm[tail_pfn * PAGE_SIZE : length]
+            mem._install(tail_pfn, buf)
+        return mem
+
+    def close(self) -> None:
+        """Release the image mapping (views made from it become invalid)."""
+        self._q = {k: v for k, v in self._q.items() if k in self._pages}
+        if self._image_mv is not None:
+            self._image_mv.release()
+            self._image_mv = None
+        if self._image is not None:
+            self._image.close()
+            self._image = None
+        self._image_pages = 0
+
+    def export_image(self, path: str | os.PathLike[str], size: int | None = None) -> None:
+        """Write a raw image (byte *i* = address *i*) of ``size`` bytes (default: all of
+        memory), sparse: pages never written become holes."""
+        n = self.size if size is None else size
+        if not isinstance(n, int) or n <= 0 or n > self.size:
+            raise ArgumentError("size", size, f"a positive byte count up to {self.size:#x}")
+        with open(path, "wb") as f:
+            for pfn in sorted(self.present_pages()):
+                base = pfn << PAGE_SHIFT
+                if base >= n:
+                    break
+                data = self._page_bytes(pfn)
+                if not any(data):
+                    continue
+                f.seek(base)
+                f.write(data[: min(PAGE_SIZE, n - base)])
+            f.truncate(n)
+
+    # -- page plumbing -----------------------------------------------------------------------
+
+    def _install(self, pfn: int, buf: bytearray) -> memoryview:
+        self._pages[pfn] = buf
+        q = memoryview(buf).cast("Q")
+        self._q[pfn] = q
+        return q
+
+    def _image_q(self, pfn: int) -> memoryview | None:
+        if self._image_mv is None or pfn >= self._image_pages:
+            return None
+        q = self._image_mv[pfn << PAGE_SHIFT : (pfn + 1) << PAGE_SHIFT].cast("Q")
+        self._q[pfn] = q
+        return q
+
+    def _page_bytes(self, pfn: int) -> bytes | bytearray | memoryview:
+        buf = self._pages.get(pfn)
+        if buf is not None:
+            return buf
+        q = self._q.get(pfn) or self._image_q(pfn)
+        return q.cast("B") if q is not None else bytes(PAGE_SIZE)
+
+    def _writable(self, pfn: int) -> memoryview:
+        buf = self._pages.get(pfn)
+        if buf is not None:
+            return self._q[pfn]
+        src = self._q.get(pfn) or self._image_q(pfn)
+        return self._install(pfn, bytearray(src.cast("B")) if src is not None else bytearray(PAGE_SIZE))
+
+    def present_pages(self) -> Iterator[int]:
+        """Page frame numbers that hold data (written pages and image pages)."""
+        seen = set(self._pages)
+        yield from self._pages
+        if self._image is not None:
+            for pfn in range(self._image_pages):
+                if pfn not in seen:
+                    yield pfn
+
+    def _check(self, addr: int, n: int) -> None:
+        if not isinstance(addr, int) or addr < 0 or addr + n > self.size:
+            if not isinstance(addr, int):
+                raise ArgumentError("address", addr, "an integer physical address")
+            raise MemoryAccessError(addr, n, self.size)
+
+    # -- qword / dword / byte access --------------------------------------------------------
+
+    def read64(self, addr: int) -> int:
+        """Aligned or unaligned little-endian qword read."""
+        if addr & 7 or addr < 0 or addr + 8 > self.size:
+            self._check(addr, 8)
+            return int.from_bytes(self.read(addr, 8), "little")
+        pfn = addr >> PAGE_SHIFT
+        q = self._q.get(pfn)
+        if q is None:
+            q = self._image_q(pfn)
+            if q is None:
+                return 0
+        return int(q[(addr & _PAGE_MASK) >> 3])
+
+    def write64(self, addr: int, value: int) -> None:
+        if not isinstance(value, int) or not 0 <= value <= _Q:
+            raise ArgumentError("value", value, "an unsigned 64-bit integer")
+        if addr & 7 or addr < 0 or addr + 8 > self.size:
+            self._check(addr, 8)
+            self.write(addr, value.to_bytes(8, "little"))
+            return
+        pfn = addr >> PAGE_SHIFT
+        q = self._q.get(pfn)
+        if q is None or pfn not in self._pages:
+            q = self._writable(pfn)
+        q[(addr & _PAGE_MASK) >> 3] = value
+
+    def read_qwords(self, addr: int, count: int) -> tuple[int, ...]:
+        """``count`` consecutive aligned qwords (a whole table entry) in one call."""
+        if addr & 7 or addr < 0 or addr + 8 * count > self.size or count <= 0:
+            if count <= 0:
+                raise ArgumentError("count", count, "a positive number of qwords")
+            self._check(addr, 8 * count)
+            return tuple(self.read64(addr + 8 * i) for i in range(count))
+        pfn = addr >> PAGE_SHIFT
+        i = (addr & _PAGE_MASK) >> 3
+        if i + count > 512:
+            return tuple(self.read64(addr + 8 * k) for k in range(count))
+        q = self._q.get(pfn)
+        if q is None:
+            q = self._image_q(pfn)
+            if q is None:
+                return (0,) * count
+        return tuple(q[i : i + count])
+
+    def write_qwords(self, addr: int, values: tuple[int, ...] | list[int]) -> None:
+        """Write consecutive qwords; all values are checked before any is written."""
+        for v in values:
+            if not isinstance(v, int) or not 0 <= v <= _Q:
+                raise ArgumentError("value", v, "an unsigned 64-bit integer")
+        self._check(addr, 8 * len(values))
+        for k, v in enumerate(values):
+            self.write64(addr + 8 * k, v)
+
+    def read32(self, addr: int) -> int:
+        return int.from_bytes(self.read(addr, 4), "little")
+
+    def write32(self, addr: int, value: int) -> None:
+        if not isinstance(value, int) or not 0 <= value <= 0xFFFF_FFFF:
+            raise ArgumentError("value", value, "an unsigned 32-bit integer")
+        self.write(addr, value.to_bytes(4, "little"))
+
+    def read8(self, addr: int) -> int:
+        return self.read(addr, 1)[0]
+
+    def write8(self, addr: int, value: int) -> None:
+        if not isinstance(value, int) or not 0 <= value <= 0xFF:
+            raise ArgumentError("value", value, "an unsigned 8-bit integer")
+        self.write(addr, bytes((value,)))
+
+    def read(self, addr: int, n: int) -> bytes:
+        """``n`` bytes from ``addr``; may cross pages."""
+        if not isinstance(n, int) or n < 0:
+            raise ArgumentError("length", n, "a non-negative byte count")
+        self._check(addr, n)
+        out = bytearray()
+        while n:
+            pfn, off = addr >> PAGE_SHIFT, addr & _PAGE_MASK
+            k = min(n, PAGE_SIZE - off)
+            out += self._page_bytes(pfn)[off : off + k]
+            addr += k
+            n -= k
+        return bytes(out)
+
+    def write(self, addr: int, data: bytes | bytearray | memoryview) -> None:
+        """Write ``data`` at ``addr``; may cross pages.  Checked before anything is written."""
+        n = len(data)
+        self._check(addr, n)
+        pos = 0
+        while pos < n:
+            pfn, off = addr >> PAGE_SHIFT, addr & _PAGE_MASK
+            k = min(n - pos, PAGE_SIZE - off)
+            self._writable(pfn)
+            self._pages[pfn][off : off + k] = data[pos : pos + k]
+            addr += k
+            pos += k
+
+    def fill(self, addr: int, n: int, byte: int = 0) -> None:
+        self.write(addr, bytes((byte,)) * n)
+
+    def zero_page(self, addr: int) -> None:
+        """Zero the 4 KiB page at ``addr`` (page aligned)."""
+        if addr & _PAGE_MASK:
+            raise ArgumentError("address", addr, "a 4 KiB aligned address")
+        self._check(addr, PAGE_SIZE)
+        pfn = addr >> PAGE_SHIFT
+        if pfn in self._pages:
+            self._pages[pfn][:] = bytes(PAGE_SIZE)
+        elif self._image is not None and pfn < self._image_pages:
+            self._install(pfn, bytearray(PAGE_SIZE))
+
+    def page_array(self, addr: int) -> npt.NDArray[np.uint64]:
+        """A writable numpy ``uint64[512]`` view of the page at ``addr`` (batch table writes)."""
+        import numpy as np
+
+        if addr & _PAGE_MASK:
+            raise ArgumentError("address", addr, "a 4 KiB aligned address")
+        self._check(addr, PAGE_SIZE)
+        pfn = addr >> PAGE_SHIFT
+        self._writable(pfn)
+        return np.frombuffer(self._pages[pfn], dtype="<u8")
+
+    # -- snapshots (explorer, tests) -----------------------------------------------------------
+
+    def snapshot(self) -> dict[int, bytes]:
+        """An immutable copy of the written pages (the image is read-only and not copied)."""
+        return {pfn: bytes(buf) for pfn, buf in self._pages.items()}
+
+    def restore(self, snap: dict[int, bytes]) -> None:
+        """Return to a :meth:`snapshot` (pages written since are dropped)."""
+        self._pages.clear()
+        self._q.clear()
+        for pfn, data in snap.items():
+            self._install(pfn, bytearray(data))
+
+    def __repr__(self) -> str:
+        img = " image-backed" if self._image is not None else ""
+        return f"<PhysicalMemory {self.size:#x} bytes, {len(self._pages)} pages written{img}>"
+
+
+# --------------------------------------------------------------------------------------------
+# The OS side's page allocator.
+# --------------------------------------------------------------------------------------------
+
+
+class OutOfFrames(VtdsimError):
+    """The frame allocator has no free block of the requested order (or an injected failure).
+
+    The driver maps this to ``-ENOMEM`` as Linux ``alloc_pgtable_page`` failures are."""
+
+    def __init__(self, order: int, tag: str, injected: bool = False) -> None:
+        self.order = order
+        self.tag = tag
+        self.injected = injected
+        why = "injected failure" if injected else "no free block"
+        super().__init__(f"frame allocation of order {order} for {tag or 'untagged'}: {why}")
+
+
+@dataclass(frozen=True, slots=True)
+class FrameAllocatorStatistics:
+    allocated_frames: int
+    allocations: int
+    frees: int
+    failures: int
+    by_tag: tuple[tuple[str, int], ...]
+
+
+class FrameAllocator:
+    """Hands out zeroed 4 KiB frames (and 2^order blocks) from ``[start, end)`` of memory.
+
+    Like Linux ``alloc_pages(__GFP_ZERO)``: a block of order *k* is ``2^k`` contiguous,
+    naturally aligned frames.  Every live block is recorded with its tag (``"pgtable"``,
+    ``"pasid-table"``...) so that tests can prove nothing leaks.  ``fail_hook(tag, order)``,
+    when set and returning True, makes the allocation fail (fault injection).
+    """
+
+    def __init__(self, memory: PhysicalMemory, start: int, end: int) -> None:
+        if start & _PAGE_MASK or end & _PAGE_MASK or not 0 <= start < end <= memory.size:
+            raise ArgumentError(
+                "frame range", (start, end), f"page-aligned 0 <= start < end <= {memory.size:#x}"
+            )
+        self.memory = memory
+        self.start = start
+        self.end = end
+        self._next = start
+        self._free: dict[int, list[int]] = {}
+        self.live: dict[int, tuple[int, str]] = {}
+        self.fail_hook: Callable[[str, int], bool] | None = None
+        self._allocs = 0
+        self._frees = 0
+        self._failures = 0
+
+    def alloc(self, order: int = 0, tag: str = "") -> int:
+        """The physical address of a zeroed block of ``2^order`` frames."""
+        if not isinstance(order, int) or not 0 <= order <= 10:
+            raise ArgumentError("order", order, "an integer in 0..10")
+        if self.fail_hook is not None and self.fail_hook(tag, order):
+            self._failures += 1
+            raise OutOfFrames(order, tag, injected=True)
+        size = PAGE_SIZE << order
+        free = self._free.get(order)
+        if free:
+            addr = free.pop()
+        else:
+            addr = (self._next + size - 1) & ~(size - 1)
+            if addr + size > self.end:
+                self._failures += 1
+                raise OutOfFrames(order, tag)
+            # frames skipped for alignment go to the order-0 free list
+            for skipped in range(self._next, addr, PAGE_SIZE):
+                self._free.setdefault(0, []).append(skipped)
+            self._next = addr + size
+        for k in range(1 << order):
+            self.memory.zero_page(addr + k * PAGE_SIZE)
+        self.live[addr] = (order, tag)
+        self._allocs += 1
+        return addr
+
+    def free(self, addr: int) -> None:
+        """Return a block obtained from :meth:`alloc` (freeing twice is an error)."""
+        entry = self.live.pop(addr, None)
+        if entry is None:
+            raise ArgumentError("address", addr, "the address of a live block from alloc()")
+        order, _tag = entry
+        self._free.setdefault(order, []).append(addr)
+        self._frees += 1
+
+    def owner(self, addr: int) -> str | None:
+        """Tag of the live block that holds ``addr``, if any."""
+        for base, (order, tag) in self.live.items():
+            if base <= addr < base + (PAGE_SIZE << order):
+                return tag
+        return None
+
+    def count(self, tag: str | None = None) -> int:
+        """Number of live blocks (with ``tag``, if given)."""
+        if tag is None:
+            return len(self.live)
+        return sum(1 for _o, t in self.live.values() if t == tag)
+
+    def statistics(self) -> FrameAllocatorStatistics:
+        tags: dict[str, int] = {}
+        frames = 0
+        for order, tag in self.live.values():
+            tags[tag] = tags.get(tag, 0) + 1
+            frames += 1 << order
+        return FrameAllocatorStatistics(
+            allocated_frames=frames,
+            allocations=self._allocs,
+            frees=self._frees,
+            failures=self._failures,
+            by_tag=tuple(sorted(tags.items())),
+        )
