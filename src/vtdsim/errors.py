@@ -104,7 +104,7 @@ def _show(value: object) -> str:
     if isinstance(value, bool):
         return repr(value)
     if isinstance(value, int):
-        return f"{value:#x}" if value > 9 or value < 0 else str(value)
+        return str(value) if -9 <= value <= 9 else f"{value:#x}"
     return repr(value)
 
 
