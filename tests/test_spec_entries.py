@@ -31,9 +31,7 @@ ALL_LAYOUTS = [
 def test_linux_5_1_second_level_pasid_entry_vector() -> None:
     # Linux 5.1 intel_pasid_setup_second_level for DID 2, pgd 0x12345000, agaw 2 (4-level),
     # no page-walk snoop: SRE always set (fact sheet 3.3).
-    words = E.PASID_ENTRY.encode(
-        P=1, AW=2, PGTT="second-level", SLPTPTR=0x12345000, DID=2, SRE=1
-    )
+    words = E.PASID_ENTRY.encode(P=1, AW=2, PGTT="second-level", SLPTPTR=0x12345000, DID=2, SRE=1)
     assert words == (0x12345089, 0x2, 0x1, 0, 0, 0, 0, 0)
     d = E.PASID_ENTRY.decode(words)
     assert (d.P, d.AW, d.PGTT, d.SLPTPTR, d.DID, d.SRE) == (1, 2, 2, 0x12345000, 2, 1)

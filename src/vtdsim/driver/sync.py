@@ -127,7 +127,9 @@ class SpinLock:
         b = _backend
         me = b.ident() if b is not None else threading.get_ident()
         if self.owner != me:
-            raise LockingError(f"{self.kind} {self.name} released by a thread that does not hold it")
+            raise LockingError(
+                f"{self.kind} {self.name} released by a thread that does not hold it"
+            )
         if b is not None:
             b.release(self)
         else:

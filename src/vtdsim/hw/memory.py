@@ -152,7 +152,9 @@ class PhysicalMemory:
         if buf is not None:
             return self._q[pfn]
         src = self._q.get(pfn) or self._image_q(pfn)
-        return self._install(pfn, bytearray(src.cast("B")) if src is not None else bytearray(PAGE_SIZE))
+        return self._install(
+            pfn, bytearray(src.cast("B")) if src is not None else bytearray(PAGE_SIZE)
+        )
 
     def present_pages(self) -> Iterator[int]:
         """Page frame numbers that hold data (written pages and image pages)."""
@@ -168,6 +170,14 @@ class PhysicalMemory:
             if not isinstance(addr, int):
                 raise ArgumentError("address", addr, "an integer physical address")
             raise MemoryAccessError(addr, n, self.size)
+
+    @property
+    def qword_pages(self) -> dict[int, memoryview]:
+        """Hot-path view for the page walker: pfn -> that page as 512 qwords (a ``'Q'``
+        memoryview) for every page already materialised.  A pfn missing from it must be read
+        through :meth:`read64` (never-written page, unmapped image page, or out of range).
+        Read-only use; fetch it per walk (``close`` replaces the dict)."""
+        return self._q
 
     # -- qword / dword / byte access --------------------------------------------------------
 

@@ -95,7 +95,9 @@ class Field:
         return (word_value & ~self.mask) | bits
 
     def describe(self) -> str:
-        return f"{self.name} [{self.hi}:{self.lo}]" if self.width > 1 else f"{self.name} [{self.lo}]"
+        return (
+            f"{self.name} [{self.hi}:{self.lo}]" if self.width > 1 else f"{self.name} [{self.lo}]"
+        )
 
 
 class Layout:
@@ -217,7 +219,9 @@ class Layout:
             return v
         if not 0 <= v < (1 << f.width):
             raise ArgumentError(
-                f"{self.name}.{f.name}", v, f"an unsigned value of {f.width} bit(s) ({f.describe()})"
+                f"{self.name}.{f.name}",
+                v,
+                f"an unsigned value of {f.width} bit(s) ({f.describe()})",
             )
         return v
 
@@ -262,9 +266,7 @@ class Layout:
     def from_bytes(self, data: bytes | bytearray | memoryview) -> tuple[int, ...]:
         if len(data) != self.size:
             raise ArgumentError(f"{self.name} bytes", len(data), f"exactly {self.size} bytes")
-        return tuple(
-            int.from_bytes(data[i * 8 : i * 8 + 8], "little") for i in range(self.words)
-        )
+        return tuple(int.from_bytes(data[i * 8 : i * 8 + 8], "little") for i in range(self.words))
 
     def _check_words(self, words: Sequence[int]) -> tuple[int, ...]:
         if len(words) != self.words:

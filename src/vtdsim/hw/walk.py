@@ -1,0 +1,1686 @@
+"""Pure table walks of the remapping hardware: no caching, fault reason codes.
+
+Design rationale
+----------------
+The walk is the silicon's page-walker: it reads root, context, PASID-directory, PASID-table and
+paging entries from :class:`~vtdsim.hw.memory.PhysicalMemory` and either produces a translation
+or stops with a fault reason code (the QEMU habit: every step "returns" a ``VTD_FR_*`` code; here
+it raises :class:`WalkFault`, which carries the code and whether an FPD bit seen so far applies).
+It keeps no state between requests -- caching is :mod:`vtdsim.hw.translate`'s business -- so the
+same walk serves the cached translator (on misses), ``vtdsim walk`` (with a trace) and the tests.
+
+Speed: the walker is built once per remapping unit.  Every shift and mask is taken from the
+layouts in :mod:`vtdsim.spec.entries` (``Layout.field(...).shift/.mask`` and
+``reserved_masks``/``address_masks`` combined with ``caps.haw``) into plain ints at construction,
+paging levels are an inlined loop over ``memory.read64``, and :class:`~vtdsim.spec.bits.Decoded`
+objects are built only when a trace list is passed.
+
+Trace: with ``trace=[]`` every table read appends one :class:`WalkStep` (stage, level, table,
+index, entry address, raw qwords, decoded entry and outcome), so a caller can explain a
+translation or a fault without knowing the walk.
+
+Behaviour and sources (each also cited at the code):
+
+* Legacy mode (RTADDR.TTM = 00): root entry by bus, 16-byte context entry by devfn, TT
+  (untranslated / device-TLB / pass-through), SL tables (QEMU ``vtd_dev_to_context_entry``,
+  ``vtd_ce_type_check``, ``vtd_iova_to_slpte``).
+* Scalable mode (TTM = 01): root lo/hi half by devfn, 32-byte context entries, 128 per table,
+  PASID directory (index ``pasid >> 6``, ``2^(PDTS+7)`` entries), PASID table (index
+  ``pasid & 63``, 64-byte entries), then by PGTT: first-level, second-level, nested,
+  pass-through (VT-d spec 3.4, 9.4-9.6; Linux ``intel_pasid_get_entry``; QEMU
+  ``vtd_ce_get_pasid_entry`` / ``vtd_iova_to_flpte``).  TTM 10/11 are reserved: 0x30.
+* Fault reasons and FPD qualification: :mod:`vtdsim.spec.faults`.  FPD is honoured in every
+  entry successfully read, present or not (QEMU ``vtd_ce_get_pasid_fpd``; Linux keeps FPD=1 in
+  torn-down PASID entries, ``intel_pasid_tear_down_entry(fault_ignore)``).
+* Reserved bits: ``Layout.reserved_violations`` semantics (reserved bits, and address bits at
+  or above the host address width) plus PS=1 where the page size is not supported (QEMU
+  ``vtd_slpte_nonzero_rsvd``: PS is reserved at level 4 and at levels 2/3 without SLLPS).
+* Accessed/dirty: first-level walks always set A (and EA with EAFE) in every entry used and D
+  in the leaf of a write; second-level walks do so when the PASID entry's SSADE is set
+  (QEMU ``vtd_set_flag_in_pte``).  The model writes the bits back after the request is known to
+  succeed, with the entry value it read.
+* Check order per entry: present, then reserved, then validity (Linux/spec order; QEMU checks
+  PASID-entry PGTT validity before P, so an all-zero entry reports 0x5B there -- we report 0x59).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Final
+
+from vtdsim.errors import MemoryAccessError
+from vtdsim.hw.caps import Capabilities
+from vtdsim.hw.memory import PhysicalMemory
+from vtdsim.spec.bits import Decoded, Layout
+from vtdsim.spec.entries import (
+    CONTEXT_ENTRY_LEGACY,
+    CONTEXT_ENTRY_SM,
+    FL_PDE_2M,
+    FL_PDPE_1G,
+    FL_PTE_4K,
+    FL_TABLE,
+    PASID_DIR_ENTRY,
+    PASID_ENTRY,
+    ROOT_ENTRY_LEGACY,
+    ROOT_ENTRY_SM,
+    SL_PDE_2M,
+    SL_PDPE_1G,
+    SL_PTE_4K,
+    SL_TABLE,
+)
+from vtdsim.spec.faults import reason_name
+
+__all__ = [
+    "INTERRUPT_RANGE",
+    "PERM_R",
+    "PERM_SR",
+    "PERM_SW",
+    "PERM_SX",
+    "PERM_W",
+    "PERM_X",
+    "ContextInfo",
+    "PasidInfo",
+    "WalkFault",
+    "WalkResult",
+    "WalkStep",
+    "Walker",
+    "need_mask",
+]
+
+# Permission bits of a translation (user request bits, supervisor request bits = user << 3).
+PERM_R: Final = 1
+PERM_W: Final = 2
+PERM_X: Final = 4
+PERM_SR: Final = 8
+PERM_SW: Final = 16
+PERM_SX: Final = 32
+_ALL_PERMS: Final = 63
+
+#: Interrupt address range (VT-d spec 3.14: 0xFEEx_xxxx); DMA translated into it is blocked
+#: with LGN.4 (0x0E) / SGN.8 (0x87) -- QEMU ``vtd_switch_address_space`` comment.
+INTERRUPT_RANGE: Final = (0xFEE0_0000, 0xFEEF_FFFF)
+_INTR_LO, _INTR_HI = INTERRUPT_RANGE
+
+_SL_NAMES = {5: "SL-PML5E", 4: "SL-PML4E", 3: "SL-PDPE", 2: "SL-PDE", 1: "SL-PTE"}
+_FL_NAMES = {5: "FL-PML5E", 4: "FL-PML4E", 3: "FL-PDPE", 2: "FL-PDE", 1: "FL-PTE"}
+
+# --- fault reason codes used here (vtdsim.spec.faults has names and texts) ------------------
+# legacy
+FR_ROOT_ENTRY_P = 0x01
+FR_CONTEXT_ENTRY_P = 0x02
+FR_CONTEXT_ENTRY_INV = 0x03
+FR_ADDR_BEYOND_MGAW = 0x04
+FR_WRITE = 0x05
+FR_READ = 0x06
+FR_PAGING_ENTRY_INV = 0x07
+FR_ROOT_TABLE_INV = 0x08
+FR_CONTEXT_TABLE_INV = 0x09
+FR_ROOT_ENTRY_RSVD = 0x0A
+FR_CONTEXT_ENTRY_RSVD = 0x0B
+FR_PAGING_ENTRY_RSVD = 0x0C
+FR_CONTEXT_ENTRY_TT = 0x0D
+FR_INTERRUPT_ADDR = 0x0E
+# scalable
+FR_SM_RTADDR_INV = 0x30
+FR_RTADDR_INV_TTM = 0x31
+FR_SM_ROOT_ACCESS = 0x38
+FR_SM_ROOT_P = 0x39
+FR_SM_ROOT_RSVD = 0x3A
+FR_SM_CTX_ACCESS = 0x40
+FR_SM_CTX_P = 0x41
+FR_SM_CTX_RSVD = 0x42
+FR_SM_PASIDE = 0x45
+FR_SM_PASID_TOO_LARGE = 0x46
+FR_SM_RID_PASID = 0x48
+FR_PDIR_ACCESS = 0x50
+FR_PDIR_P = 0x51
+FR_PDIR_RSVD = 0x52
+FR_PTE_ACCESS = 0x58
+FR_PE_P = 0x59
+FR_PE_RSVD = 0x5A
+FR_PE_INV = 0x5B
+FR_PE_ERE = 0x5C
+FR_PE_SRE = 0x5D
+FR_FS_ACCESS = 0x70
+FR_FS_P = 0x71
+FR_FS_RSVD = 0x72
+FR_FS_TOP_ACCESS = 0x73
+FR_NESTED_BEYOND = 0x74
+FR_NESTED_TOP_READ = 0x75
+FR_NESTED_READ = 0x76
+FR_NESTED_WRITE = 0x77
+FR_SS_ACCESS = 0x78
+FR_SS_RW = 0x79
+FR_SS_RSVD = 0x7A
+FR_FS_NON_CANONICAL = 0x80
+FR_FS_US = 0x81
+FR_NO_EXECUTE = 0x82
+FR_SM_BEYOND = 0x83
+FR_SM_WRITE = 0x85
+FR_SM_READ = 0x86
+FR_SM_INTERRUPT = 0x87
+FR_FS_AD_FAILED = 0x91
+
+PGTT_FL: Final = 1
+PGTT_SL: Final = 2
+PGTT_NESTED: Final = 3
+PGTT_PT: Final = 4
+
+
+class WalkFault(Exception):
+    """A walk stopped with fault reason ``reason``; ``fpd`` if an FPD bit read so far is set."""
+
+    __slots__ = ("fpd", "reason")
+
+    def __init__(self, reason: int, fpd: bool = False) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.fpd = fpd
+
+    def __str__(self) -> str:
+        return f"fault {self.reason:#04x} {reason_name(self.reason)}" + (
+            " (FPD)" if self.fpd else ""
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class WalkStep:
+    """One table read of a walk (a record of the ``trace`` list)."""
+
+    stage: str  # "root", "context", "pasid-dir", "pasid-table", "second-level", "first-level",
+    #             "nested-second-level" (translating a first-level table address)
+    name: str  # entry name, e.g. "SL-PML4E", "RootEntrySM.lo", "PasidEntry"
+    level: int  # paging level (5..1), 0 for non-paging structures
+    table: int  # physical address of the table read
+    index: int  # index of the entry in the table
+    entry_address: int
+    raw: tuple[int, ...]  # qwords read (empty on an access error)
+    decoded: Decoded | None
+    outcome: str  # "ok", "table", "leaf", "not-present", "reserved", "invalid", "permission",
+    #               "access-error"
+    fault: int | None = None
+
+    def describe(self) -> str:
+        raw = ":".join(f"{w:#018x}" for w in reversed(self.raw)) if self.raw else "-"
+        f = f" fault {self.fault:#04x} {reason_name(self.fault)}" if self.fault is not None else ""
+        return (
+            f"{self.name:<16} table {self.table:#x}[{self.index}] @ {self.entry_address:#x} = "
+            f"{raw} -> {self.outcome}{f}"
+        )
+
+
+class ContextInfo:
+    """What a present, valid context entry tells the translator (cached by SID)."""
+
+    __slots__ = (
+        "did",
+        "dir_entries",
+        "dte",
+        "fpd",
+        "levels",
+        "mode",
+        "pasid_dir",
+        "paside",
+        "raw",
+        "rid_pasid",
+        "rid_priv",
+        "sid",
+        "slptr",
+        "tt",
+    )
+
+    def __init__(self, sid: int, mode: int, raw: tuple[int, ...]) -> None:
+        self.sid = sid
+        self.mode = mode  # 0 legacy, 1 scalable
+        self.raw = raw
+        self.fpd = False
+        self.dte = False
+        self.paside = False
+        self.dir_entries = 0
+        self.pasid_dir = 0
+        self.rid_pasid = 0
+        self.rid_priv = False
+        self.tt = 0
+        self.slptr = 0
+        self.levels = 0
+        self.did = 0
+
+    def __repr__(self) -> str:
+        if self.mode:
+            return (
+                f"<ContextInfo SM sid={self.sid:#06x} dir={self.pasid_dir:#x} "
+                f"entries={self.dir_entries} paside={int(self.paside)} rid_pasid={self.rid_pasid}>"
+            )
+        return (
+            f"<ContextInfo legacy sid={self.sid:#06x} tt={self.tt} did={self.did} "
+            f"slptr={self.slptr:#x} levels={self.levels}>"
+        )
+
+
+class PasidInfo:
+    """What a present, valid PASID-table entry tells the translator (the PASID cache's data)."""
+
+    __slots__ = (
+        "did",
+        "eafe",
+        "fl_levels",
+        "fl_root",
+        "fpd",
+        "pasid",
+        "pgtt",
+        "raw",
+        "sl_levels",
+        "sl_root",
+        "sre",
+        "ssade",
+        "wpe",
+    )
+
+    def __init__(self, pasid: int, raw: tuple[int, ...]) -> None:
+        self.pasid = pasid
+        self.raw = raw
+        self.did = 0
+        self.pgtt = 0
+        self.fpd = False
+        self.sl_root = 0
+        self.sl_levels = 0
+        self.ssade = False
+        self.fl_root = 0
+        self.fl_levels = 0
+        self.sre = False
+        self.wpe = False
+        self.eafe = False
+
+    def __repr__(self) -> str:
+        return f"<PasidInfo pasid={self.pasid} did={self.did} pgtt={self.pgtt}>"
+
+
+class WalkResult:
+    """A successful walk: ``address`` (HPA of the input address), page size and permissions."""
+
+    __slots__ = ("address", "ats", "did", "page_shift", "pasid", "perm", "pgtt")
+
+    def __init__(
+        self,
+        address: int,
+        page_shift: int,
+        perm: int,
+        did: int,
+        pasid: int | None,
+        pgtt: int,
+        ats: bool,
+    ) -> None:
+        self.address = address
+        self.page_shift = page_shift
+        self.perm = perm
+        self.did = did
+        self.pasid = pasid
+        self.pgtt = pgtt
+        self.ats = ats
+
+    def __repr__(self) -> str:
+        return (
+            f"<WalkResult hpa={self.address:#x} page={1 << self.page_shift:#x} "
+            f"perm={self.perm:#04x} did={self.did} pasid={self.pasid}>"
+        )
+
+
+def need_mask(write: bool, execute: bool, privileged: bool) -> int:
+    """Permission bits a request needs (read or write, plus execute; supervisor bits if
+    privileged)."""
+    need = PERM_W if write else PERM_R
+    if execute:
+        need |= PERM_X
+    return need << 3 if privileged else need
+
+
+def _f(layout: Layout, name: str) -> tuple[int, int]:
+    f = layout.field(name)
+    return f.shift, f.mask
+
+
+def _bit(layout: Layout, name: str) -> int:
+    return layout.field(name).mask
+
+
+class Walker:
+    """The page walker of one remapping unit (built once from its memory and capabilities)."""
+
+    def __init__(self, memory: PhysicalMemory, caps: Capabilities) -> None:
+        self.memory = memory
+        self.caps = caps
+        haw = caps.haw
+        self.haw = haw
+        self.mgaw = caps.mgaw
+
+        def rsv(layout: Layout, word: int = 0) -> int:
+            m = layout.reserved_masks[word]
+            if haw < 64:
+                m |= layout.address_masks[word] & ~((1 << haw) - 1) & ((1 << 64) - 1)
+            return m
+
+        # root / context (legacy)
+        self.r_p = _bit(ROOT_ENTRY_LEGACY, "P")
+        self.r_ctp = ROOT_ENTRY_LEGACY.field("CTP").mask
+        self.r_rsv = (rsv(ROOT_ENTRY_LEGACY, 0), rsv(ROOT_ENTRY_LEGACY, 1))
+        self.lc_p = _bit(CONTEXT_ENTRY_LEGACY, "P")
+        self.lc_fpd = _bit(CONTEXT_ENTRY_LEGACY, "FPD")
+        self.lc_tt = _f(CONTEXT_ENTRY_LEGACY, "TT")
+        self.lc_slptr = CONTEXT_ENTRY_LEGACY.field("SLPTPTR").mask
+        self.lc_aw = _f(CONTEXT_ENTRY_LEGACY, "AW")
+        self.lc_did = _f(CONTEXT_ENTRY_LEGACY, "DID")
+        self.lc_rsv = (rsv(CONTEXT_ENTRY_LEGACY, 0), rsv(CONTEXT_ENTRY_LEGACY, 1))
+        # root / context (scalable)
+        self.rs_p = (_bit(ROOT_ENTRY_SM, "LP"), ROOT_ENTRY_SM.field("UP").mask)
+        self.rs_ctp = (ROOT_ENTRY_SM.field("LCTP").mask, ROOT_ENTRY_SM.field("UCTP").mask)
+        self.rs_rsv = (rsv(ROOT_ENTRY_SM, 0), rsv(ROOT_ENTRY_SM, 1))
+        self.sc_p = _bit(CONTEXT_ENTRY_SM, "P")
+        self.sc_fpd = _bit(CONTEXT_ENTRY_SM, "FPD")
+        self.sc_dte = _bit(CONTEXT_ENTRY_SM, "DTE")
+        self.sc_paside = _bit(CONTEXT_ENTRY_SM, "PASIDE")
+        self.sc_pdts = _f(CONTEXT_ENTRY_SM, "PDTS")
+        self.sc_dir = CONTEXT_ENTRY_SM.field("PASIDDIRPTR").mask
+        self.sc_rid_pasid = _f(CONTEXT_ENTRY_SM, "RID_PASID")
+        self.sc_rid_priv = CONTEXT_ENTRY_SM.field("RID_PRIV").mask
+        self.sc_rsv = tuple(rsv(CONTEXT_ENTRY_SM, i) for i in range(4))
+        # PASID directory / table
+        self.pd_p = _bit(PASID_DIR_ENTRY, "P")
+        self.pd_fpd = _bit(PASID_DIR_ENTRY, "FPD")
+        self.pd_ptr = PASID_DIR_ENTRY.field("SMPTBLPTR").mask
+        self.pd_rsv = rsv(PASID_DIR_ENTRY)
+        pe = PASID_ENTRY
+        self.pe_p = _bit(pe, "P")
+        self.pe_fpd = _bit(pe, "FPD")
+        self.pe_aw = _f(pe, "AW")
+        self.pe_pgtt = _f(pe, "PGTT")
+        self.pe_ssade = _bit(pe, "SSADE")
+        self.pe_slptr = pe.field("SLPTPTR").mask
+        self.pe_did = _f(pe, "DID")
+        self.pe_sre = pe.field("SRE").mask
+        self.pe_flpm = _f(pe, "FLPM")
+        self.pe_wpe = pe.field("WPE").mask
+        self.pe_eafe = pe.field("EAFE").mask
+        self.pe_flptr = pe.field("FLPTPTR").mask
+        self.pe_rsv = tuple(rsv(pe, i) for i in range(8))
+        # second-level paging entries
+        self.sl_r = _bit(SL_TABLE, "R")
+        self.sl_w = _bit(SL_TABLE, "W")
+        self.sl_rw = self.sl_r | self.sl_w
+        self.sl_ps = _bit(SL_TABLE, "PS")
+        self.sl_a = _bit(SL_TABLE, "A")
+        self.sl_d = _bit(SL_PTE_4K, "D")
+        self.sl_table_addr = SL_TABLE.field("ADDR").mask
+        sl_leaf = {1: SL_PTE_4K, 2: SL_PDE_2M, 3: SL_PDPE_1G}
+        # per level: (table reserved mask, leaf reserved mask or -1 if PS=1 is reserved there,
+        # leaf address mask, leaf layout)
+        self.sl_level: dict[int, tuple[int, int, int, Layout]] = {}
+        for lvl in range(1, 6):
+            if lvl == 1:
+                self.sl_level[1] = (0, rsv(SL_PTE_4K), SL_PTE_4K.field("ADDR").mask, SL_PTE_4K)
+                continue
+            lay = sl_leaf.get(lvl)
+            ok = lay is not None and (9 * (lvl - 1) + 12) in caps.sl_large_pages
+            if lay is not None and ok:
+                self.sl_level[lvl] = (rsv(SL_TABLE), rsv(lay), lay.field("ADDR").mask, lay)
+            else:
+                self.sl_level[lvl] = (rsv(SL_TABLE), -1, 0, lay or SL_TABLE)
+        # first-level paging entries
+        self.fl_p = _bit(FL_TABLE, "P")
+        self.fl_rw = _bit(FL_TABLE, "RW")
+        self.fl_us = _bit(FL_TABLE, "US")
+        self.fl_ps = _bit(FL_TABLE, "PS")
+        self.fl_a = _bit(FL_TABLE, "A")
+        self.fl_ea = _bit(FL_TABLE, "EA")
+        self.fl_d = _bit(FL_PTE_4K, "D")
+        self.fl_xd = _bit(FL_TABLE, "XD")
+        self.fl_table_addr = FL_TABLE.field("ADDR").mask
+        fl_leaf = {1: FL_PTE_4K, 2: FL_PDE_2M, 3: FL_PDPE_1G}
+        self.fl_level: dict[int, tuple[int, int, int, Layout]] = {}
+        for lvl in range(1, 6):
+            if lvl == 1:
+                self.fl_level[1] = (0, rsv(FL_PTE_4K), FL_PTE_4K.field("ADDR").mask, FL_PTE_4K)
+                continue
+            lay = fl_leaf.get(lvl)
+            ok = lay is not None and (lvl == 2 or caps.fl_1g_pages)
+            if lay is not None and ok:
+                self.fl_level[lvl] = (rsv(FL_TABLE), rsv(lay), lay.field("ADDR").mask, lay)
+            else:
+                self.fl_level[lvl] = (rsv(FL_TABLE), -1, 0, lay or FL_TABLE)
+        self._pgtt_ok = {
+            PGTT_FL: caps.first_level,
+            PGTT_SL: caps.second_level,
+            PGTT_NESTED: caps.nested and caps.first_level and caps.second_level,
+            PGTT_PT: caps.pass_through,
+        }
+
+    # -- context ---------------------------------------------------------------------------------
+
+    def context(
+        self, rta: int, ttm: int, sid: int, trace: list[WalkStep] | None = None
+    ) -> ContextInfo:
+        """Root and context entry for ``sid`` (VT-d 3.4.2/3.4.3; QEMU vtd_dev_to_context_entry).
+
+        Raises :class:`WalkFault`.  ``ttm`` 0 = legacy, 1 = scalable, 2/3 = reserved (0x30).
+        """
+        if ttm == 1 and self.caps.scalable_mode:
+            if trace is None:
+                info = self._context_sm_fast(rta, sid)
+                if info is not None:
+                    return info
+            return self._context_sm(rta, sid, trace)
+        if ttm == 0:
+            return self._context_legacy(rta, sid, trace)
+        # RTADDR.TTM 10b/11b reserved, or 01b without ECAP.SMTS (Linux text for 0x30 "SM:
+        # Invalid Root Table Address")
+        raise WalkFault(FR_SM_RTADDR_INV)
+
+    def _context_sm_fast(self, rta: int, sid: int) -> ContextInfo | None:
+        """The success path of :meth:`_context_sm` without tracing; None when anything is
+        abnormal (the full walk then re-reads the same entries and reports the fault)."""
+        mem = self.memory
+        if rta + (sid >> 8) * 16 + 16 > mem.size:
+            return None
+        rw = mem.read_qwords(rta + (sid >> 8) * 16, 2)
+        half = (sid >> 7) & 1
+        re = rw[half]
+        if not re & self.rs_p[half] or re & self.rs_rsv[half]:
+            return None
+        cea = (re & self.rs_ctp[half]) + (sid & 0x7F) * 32
+        if cea + 32 > mem.size:
+            return None
+        cw = mem.read_qwords(cea, 4)
+        c0, c1 = cw[0], cw[1]
+        r = self.sc_rsv
+        if not c0 & self.sc_p or c0 & r[0] or c1 & r[1] or cw[2] or cw[3]:
+            return None
+        s, m = self.sc_pdts
+        rs, rm = self.sc_rid_pasid
+        info = ContextInfo(sid, 1, cw)
+        info.fpd = bool(c0 & self.sc_fpd)
+        info.dte = bool(c0 & self.sc_dte)
+        info.paside = bool(c0 & self.sc_paside)
+        info.dir_entries = 1 << (((c0 & m) >> s) + 7)
+        info.pasid_dir = c0 & self.sc_dir
+        info.rid_pasid = (c1 & rm) >> rs
+        info.rid_priv = bool(c1 & self.sc_rid_priv)
+        return info
+
+    def _context_sm(self, rta: int, sid: int, trace: list[WalkStep] | None) -> ContextInfo:
+        mem = self.memory
+        bus = sid >> 8
+        devfn = sid & 0xFF
+        rea = rta + bus * 16
+        half = devfn >> 7  # Linux iommu_context_addr: devfn >= 0x80 uses the upper half
+        try:
+            rw = mem.read_qwords(rea, 2)
+        except MemoryAccessError:
+            self._step(
+                trace,
+                "root",
+                "RootEntrySM",
+                0,
+                rta,
+                bus,
+                rea,
+                (),
+                None,
+                "access-error",
+                FR_SM_ROOT_ACCESS,
+            )
+            raise WalkFault(FR_SM_ROOT_ACCESS) from None
+        re = rw[half]
+        name = "RootEntrySM." + ("hi" if half else "lo")
+        if not re & self.rs_p[half]:
+            self._step(
+                trace,
+                "root",
+                name,
+                0,
+                rta,
+                bus,
+                rea,
+                rw,
+                ROOT_ENTRY_SM,
+                "not-present",
+                FR_SM_ROOT_P,
+            )
+            raise WalkFault(FR_SM_ROOT_P)
+        if re & self.rs_rsv[half]:
+            self._step(
+                trace,
+                "root",
+                name,
+                0,
+                rta,
+                bus,
+                rea,
+                rw,
+                ROOT_ENTRY_SM,
+                "reserved",
+                FR_SM_ROOT_RSVD,
+            )
+            raise WalkFault(FR_SM_ROOT_RSVD)
+        self._step(trace, "root", name, 0, rta, bus, rea, rw, ROOT_ENTRY_SM, "ok", None)
+        ct = re & self.rs_ctp[half]
+        idx = devfn & 0x7F
+        cea = ct + idx * 32
+        try:
+            cw = mem.read_qwords(cea, 4)
+        except MemoryAccessError:
+            self._step(
+                trace,
+                "context",
+                "ContextEntrySM",
+                0,
+                ct,
+                idx,
+                cea,
+                (),
+                None,
+                "access-error",
+                FR_SM_CTX_ACCESS,
+            )
+            raise WalkFault(FR_SM_CTX_ACCESS) from None
+        c0 = cw[0]
+        fpd = bool(c0 & self.sc_fpd)
+        if not c0 & self.sc_p:
+            self._step(
+                trace,
+                "context",
+                "ContextEntrySM",
+                0,
+                ct,
+                idx,
+                cea,
+                cw,
+                CONTEXT_ENTRY_SM,
+                "not-present",
+                FR_SM_CTX_P,
+            )
+            raise WalkFault(FR_SM_CTX_P, fpd)
+        r = self.sc_rsv
+        if c0 & r[0] or cw[1] & r[1] or cw[2] & r[2] or cw[3] & r[3]:
+            self._step(
+                trace,
+                "context",
+                "ContextEntrySM",
+                0,
+                ct,
+                idx,
+                cea,
+                cw,
+                CONTEXT_ENTRY_SM,
+                "reserved",
+                FR_SM_CTX_RSVD,
+            )
+            raise WalkFault(FR_SM_CTX_RSVD, fpd)
+        self._step(
+            trace, "context", "ContextEntrySM", 0, ct, idx, cea, cw, CONTEXT_ENTRY_SM, "ok", None
+        )
+        info = ContextInfo(sid, 1, cw)
+        info.fpd = fpd
+        info.dte = bool(c0 & self.sc_dte)
+        info.paside = bool(c0 & self.sc_paside)
+        s, m = self.sc_pdts
+        info.dir_entries = 1 << (((c0 & m) >> s) + 7)
+        info.pasid_dir = c0 & self.sc_dir
+        s, m = self.sc_rid_pasid
+        info.rid_pasid = (cw[1] & m) >> s
+        info.rid_priv = bool(cw[1] & self.sc_rid_priv)
+        return info
+
+    def _context_legacy(self, rta: int, sid: int, trace: list[WalkStep] | None) -> ContextInfo:
+        mem = self.memory
+        caps = self.caps
+        bus = sid >> 8
+        devfn = sid & 0xFF
+        rea = rta + bus * 16
+        try:
+            rw = mem.read_qwords(rea, 2)
+        except MemoryAccessError:
+            self._step(
+                trace,
+                "root",
+                "RootEntryLegacy",
+                0,
+                rta,
+                bus,
+                rea,
+                (),
+                None,
+                "access-error",
+                FR_ROOT_TABLE_INV,
+            )
+            raise WalkFault(FR_ROOT_TABLE_INV) from None
+        if not rw[0] & self.r_p:
+            self._step(
+                trace,
+                "root",
+                "RootEntryLegacy",
+                0,
+                rta,
+                bus,
+                rea,
+                rw,
+                ROOT_ENTRY_LEGACY,
+                "not-present",
+                FR_ROOT_ENTRY_P,
+            )
+            raise WalkFault(FR_ROOT_ENTRY_P)
+        if rw[0] & self.r_rsv[0] or rw[1] & self.r_rsv[1]:
+            self._step(
+                trace,
+                "root",
+                "RootEntryLegacy",
+                0,
+                rta,
+                bus,
+                rea,
+                rw,
+                ROOT_ENTRY_LEGACY,
+                "reserved",
+                FR_ROOT_ENTRY_RSVD,
+            )
+            raise WalkFault(FR_ROOT_ENTRY_RSVD)
+        self._step(
+            trace, "root", "RootEntryLegacy", 0, rta, bus, rea, rw, ROOT_ENTRY_LEGACY, "ok", None
+        )
+        ct = rw[0] & self.r_ctp
+        cea = ct + devfn * 16
+        try:
+            cw = mem.read_qwords(cea, 2)
+        except MemoryAccessError:
+            self._step(
+                trace,
+                "context",
+                "ContextEntryLegacy",
+                0,
+                ct,
+                devfn,
+                cea,
+                (),
+                None,
+                "access-error",
+                FR_CONTEXT_TABLE_INV,
+            )
+            raise WalkFault(FR_CONTEXT_TABLE_INV) from None
+        c0, c1 = cw
+        fpd = bool(c0 & self.lc_fpd)
+        lay = CONTEXT_ENTRY_LEGACY
+        if not c0 & self.lc_p:
+            self._step(
+                trace,
+                "context",
+                "ContextEntryLegacy",
+                0,
+                ct,
+                devfn,
+                cea,
+                cw,
+                lay,
+                "not-present",
+                FR_CONTEXT_ENTRY_P,
+            )
+            raise WalkFault(FR_CONTEXT_ENTRY_P, fpd)
+        if c0 & self.lc_rsv[0] or c1 & self.lc_rsv[1]:
+            self._step(
+                trace,
+                "context",
+                "ContextEntryLegacy",
+                0,
+                ct,
+                devfn,
+                cea,
+                cw,
+                lay,
+                "reserved",
+                FR_CONTEXT_ENTRY_RSVD,
+            )
+            raise WalkFault(FR_CONTEXT_ENTRY_RSVD, fpd)
+        s, m = self.lc_tt
+        tt = (c0 & m) >> s
+        # QEMU vtd_ce_type_check: TT 01 needs ECAP.DT, TT 10 needs ECAP.PT, TT 11 reserved
+        if tt == 3 or (tt == 1 and not caps.device_tlb) or (tt == 2 and not caps.pass_through):
+            self._step(
+                trace,
+                "context",
+                "ContextEntryLegacy",
+                0,
+                ct,
+                devfn,
+                cea,
+                cw,
+                lay,
+                "invalid",
+                FR_CONTEXT_ENTRY_TT,
+            )
+            raise WalkFault(FR_CONTEXT_ENTRY_TT, fpd)
+        s, m = self.lc_aw
+        levels = ((c1 & m) >> s) + 2
+        # QEMU vtd_is_level_supported: AW must be a SAGAW width (not checked for pass-through)
+        if tt != 2 and (12 + 9 * levels) not in caps.sagaw:
+            self._step(
+                trace,
+                "context",
+                "ContextEntryLegacy",
+                0,
+                ct,
+                devfn,
+                cea,
+                cw,
+                lay,
+                "invalid",
+                FR_CONTEXT_ENTRY_INV,
+            )
+            raise WalkFault(FR_CONTEXT_ENTRY_INV, fpd)
+        self._step(trace, "context", "ContextEntryLegacy", 0, ct, devfn, cea, cw, lay, "ok", None)
+        info = ContextInfo(sid, 0, cw)
+        info.fpd = fpd
+        info.tt = tt
+        info.dte = tt == 1
+        info.slptr = c0 & self.lc_slptr
+        info.levels = levels
+        s, m = self.lc_did
+        info.did = (c1 & m) >> s
+        return info
+
+    # -- PASID directory and table -----------------------------------------------------------
+
+    def _pasid_entry_fast(self, ctx: ContextInfo, pasid: int) -> PasidInfo | None:
+        """Success path of :meth:`pasid_entry` for the common PGTTs; None when anything is
+        abnormal or unusual (the full version decides)."""
+        didx = pasid >> 6
+        if didx >= ctx.dir_entries:
+            return None
+        mem = self.memory
+        dea = ctx.pasid_dir + didx * 8
+        if dea + 8 > mem.size:
+            return None
+        de = mem.read64(dea)
+        if not de & self.pd_p or de & self.pd_rsv:
+            return None
+        pea = (de & self.pd_ptr) + (pasid & 63) * 64
+        if pea + 64 > mem.size:
+            return None
+        pw = mem.read_qwords(pea, 8)
+        p0, p2 = pw[0], pw[2]
+        r = self.pe_rsv
+        if (
+            not p0 & self.pe_p
+            or p0 & r[0]
+            or pw[1] & r[1]
+            or p2 & r[2]
+            or pw[3]
+            or pw[4]
+            or pw[5]
+            or pw[6]
+            or pw[7]
+        ):
+            return None
+        s, m = self.pe_pgtt
+        pgtt = (p0 & m) >> s
+        info = PasidInfo(pasid, pw)
+        info.pgtt = pgtt
+        if pgtt == PGTT_SL:
+            if not self._pgtt_ok[PGTT_SL]:
+                return None
+            s, m = self.pe_aw
+            levels = ((p0 & m) >> s) + 2
+            if (12 + 9 * levels) not in self.caps.sagaw:
+                return None
+            info.sl_levels = levels
+            info.sl_root = p0 & self.pe_slptr
+        elif pgtt != PGTT_PT or not self._pgtt_ok[PGTT_PT]:
+            return None
+        info.fpd = bool(ctx.fpd or de & self.pd_fpd or p0 & self.pe_fpd)
+        s, m = self.pe_did
+        info.did = (pw[1] & m) >> s
+        info.ssade = bool(p0 & self.pe_ssade) and self.caps.sl_ad
+        info.sre = bool(p2 & self.pe_sre)
+        info.wpe = bool(p2 & self.pe_wpe)
+        info.eafe = bool(p2 & self.pe_eafe)
+        return info
+
+    def pasid_entry(
+        self, ctx: ContextInfo, pasid: int, rid: bool, trace: list[WalkStep] | None = None
+    ) -> PasidInfo:
+        """The PASID-table entry for ``pasid`` (``rid``: the request had no PASID and ``pasid``
+        is the context's RID_PASID).  VT-d 3.4.3, 9.5, 9.6; Linux intel_pasid_get_entry."""
+        if trace is None:
+            info = self._pasid_entry_fast(ctx, pasid)
+            if info is not None:
+                return info
+        fpd = ctx.fpd
+        didx = pasid >> 6
+        if didx >= ctx.dir_entries:
+            raise WalkFault(FR_SM_RID_PASID if rid else FR_SM_PASID_TOO_LARGE, fpd)
+        mem = self.memory
+        pdir = ctx.pasid_dir
+        dea = pdir + didx * 8
+        try:
+            de = mem.read64(dea)
+        except MemoryAccessError:
+            self._step(
+                trace,
+                "pasid-dir",
+                "PasidDirEntry",
+                0,
+                pdir,
+                didx,
+                dea,
+                (),
+                None,
+                "access-error",
+                FR_PDIR_ACCESS,
+            )
+            raise WalkFault(FR_PDIR_ACCESS, fpd) from None
+        if de & self.pd_fpd:
+            fpd = True
+        if not de & self.pd_p:
+            self._step(
+                trace,
+                "pasid-dir",
+                "PasidDirEntry",
+                0,
+                pdir,
+                didx,
+                dea,
+                (de,),
+                PASID_DIR_ENTRY,
+                "not-present",
+                FR_PDIR_P,
+            )
+            raise WalkFault(FR_PDIR_P, fpd)
+        if de & self.pd_rsv:
+            self._step(
+                trace,
+                "pasid-dir",
+                "PasidDirEntry",
+                0,
+                pdir,
+                didx,
+                dea,
+                (de,),
+                PASID_DIR_ENTRY,
+                "reserved",
+                FR_PDIR_RSVD,
+            )
+            raise WalkFault(FR_PDIR_RSVD, fpd)
+        self._step(
+            trace,
+            "pasid-dir",
+            "PasidDirEntry",
+            0,
+            pdir,
+            didx,
+            dea,
+            (de,),
+            PASID_DIR_ENTRY,
+            "ok",
+            None,
+        )
+        ptab = de & self.pd_ptr
+        pidx = pasid & 63
+        pea = ptab + pidx * 64
+        try:
+            pw = mem.read_qwords(pea, 8)
+        except MemoryAccessError:
+            self._step(
+                trace,
+                "pasid-table",
+                "PasidEntry",
+                0,
+                ptab,
+                pidx,
+                pea,
+                (),
+                None,
+                "access-error",
+                FR_PTE_ACCESS,
+            )
+            raise WalkFault(FR_PTE_ACCESS, fpd) from None
+        p0 = pw[0]
+        if p0 & self.pe_fpd:
+            fpd = True
+        if not p0 & self.pe_p:
+            self._step(
+                trace,
+                "pasid-table",
+                "PasidEntry",
+                0,
+                ptab,
+                pidx,
+                pea,
+                pw,
+                PASID_ENTRY,
+                "not-present",
+                FR_PE_P,
+            )
+            raise WalkFault(FR_PE_P, fpd)
+        r = self.pe_rsv
+        for i in range(8):
+            if pw[i] & r[i]:
+                self._step(
+                    trace,
+                    "pasid-table",
+                    "PasidEntry",
+                    0,
+                    ptab,
+                    pidx,
+                    pea,
+                    pw,
+                    PASID_ENTRY,
+                    "reserved",
+                    FR_PE_RSVD,
+                )
+                raise WalkFault(FR_PE_RSVD, fpd)
+        caps = self.caps
+        s, m = self.pe_pgtt
+        pgtt = (p0 & m) >> s
+        info = PasidInfo(pasid, pw)
+        info.fpd = fpd
+        info.pgtt = pgtt
+        valid = self._pgtt_ok.get(pgtt, False)
+        if valid and pgtt in (PGTT_SL, PGTT_NESTED):
+            s, m = self.pe_aw
+            info.sl_levels = ((p0 & m) >> s) + 2
+            info.sl_root = p0 & self.pe_slptr
+            valid = (12 + 9 * info.sl_levels) in caps.sagaw
+        if valid and pgtt in (PGTT_FL, PGTT_NESTED):
+            s, m = self.pe_flpm
+            flpm = (pw[2] & m) >> s
+            valid = flpm == 0 or (flpm == 1 and caps.fl_5level)
+            info.fl_levels = 4 + flpm
+            info.fl_root = pw[2] & self.pe_flptr
+        if not valid:
+            # QEMU vtd_get_pe_in_pasid_leaf_table: bad PGTT or unsupported level -> 0x5B
+            self._step(
+                trace,
+                "pasid-table",
+                "PasidEntry",
+                0,
+                ptab,
+                pidx,
+                pea,
+                pw,
+                PASID_ENTRY,
+                "invalid",
+                FR_PE_INV,
+            )
+            raise WalkFault(FR_PE_INV, fpd)
+        self._step(
+            trace, "pasid-table", "PasidEntry", 0, ptab, pidx, pea, pw, PASID_ENTRY, "ok", None
+        )
+        s, m = self.pe_did
+        info.did = (pw[1] & m) >> s
+        info.ssade = bool(p0 & self.pe_ssade) and caps.sl_ad
+        info.sre = bool(pw[2] & self.pe_sre)
+        info.wpe = bool(pw[2] & self.pe_wpe)
+        info.eafe = bool(pw[2] & self.pe_eafe)
+        return info
+
+    # -- second level ------------------------------------------------------------------------
+
+    def second_level(
+        self,
+        root: int,
+        levels: int,
+        addr: int,
+        write: bool,
+        sm: bool,
+        ad: bool = False,
+        trace: list[WalkStep] | None = None,
+        start: tuple[int, int, int] | None = None,
+        fill: list[tuple[int, int, int]] | None = None,
+        stage: str = "second-level",
+    ) -> tuple[int, int, int]:
+        """Walk second-level tables rooted at ``root`` for ``addr``.
+
+        Returns ``(hpa, page_shift, perm)`` where ``perm`` holds ``PERM_R|PERM_SR`` if readable
+        and ``PERM_W|PERM_SW`` if writable (write permission is withheld while A/D tracking
+        needs a dirty-bit update, so a cached read translation cannot serve a write).  R/W
+        accumulate across levels (VT-d 3.7; QEMU vtd_iova_to_slpte checks every level).
+        ``start = (level, table, rw)`` resumes from a paging-structure-cache hit; ``fill``
+        receives ``(level, table, rw)`` for each next-level table met.
+        Legacy faults: not present / no permission -> 0x6/0x5 at the level (QEMU), reserved
+        0xC, access 0x7, beyond AW 0x4.  Scalable: R=W=0 -> 0x79, final permission 0x86/0x85,
+        reserved 0x7A, access 0x78, beyond AW 0x83.
+        """
+        aw = 12 + 9 * levels
+        if addr >> min(aw, self.mgaw):
+            raise WalkFault(FR_SM_BEYOND if sm else FR_ADDR_BEYOND_MGAW)
+        read64 = self.memory.read64
+        sl_level = self.sl_level
+        need_rw = self.sl_w if write else self.sl_r
+        rwm = self.sl_rw
+        ps = self.sl_ps
+        taddr = self.sl_table_addr
+        if start is None:
+            level = levels
+            table = root
+            rw = self.sl_rw
+        else:
+            level, table, rw = start
+        used: list[int] | None = [] if ad else None
+        while True:
+            shift = 3 + 9 * level
+            idx = (addr >> shift) & 511
+            ea = table + (idx << 3)
+            try:
+                e = read64(ea)
+            except MemoryAccessError:
+                code = FR_SS_ACCESS if sm else FR_PAGING_ENTRY_INV
+                if trace is not None:
+                    self._step(
+                        trace,
+                        stage,
+                        _SL_NAMES[level],
+                        level,
+                        table,
+                        idx,
+                        ea,
+                        (),
+                        None,
+                        "access-error",
+                        code,
+                    )
+                raise WalkFault(code) from None
+            if sm:
+                if not e & rwm:
+                    if trace is not None:
+                        self._step(
+                            trace,
+                            stage,
+                            _SL_NAMES[level],
+                            level,
+                            table,
+                            idx,
+                            ea,
+                            (e,),
+                            SL_TABLE,
+                            "not-present",
+                            FR_SS_RW,
+                        )
+                    raise WalkFault(FR_SS_RW)
+            elif not e & need_rw:
+                code = FR_WRITE if write else FR_READ
+                if trace is not None:
+                    self._step(
+                        trace,
+                        stage,
+                        _SL_NAMES[level],
+                        level,
+                        table,
+                        idx,
+                        ea,
+                        (e,),
+                        SL_TABLE,
+                        "not-present" if not e & 3 else "permission",
+                        code,
+                    )
+                raise WalkFault(code)
+            t_rsv, l_rsv, l_addr, l_lay = sl_level[level]
+            leaf = level == 1 or e & ps
+            bad = (l_rsv < 0 or e & l_rsv) if leaf else e & t_rsv
+            if bad:
+                code = FR_SS_RSVD if sm else FR_PAGING_ENTRY_RSVD
+                if trace is not None:
+                    self._step(
+                        trace,
+                        stage,
+                        _SL_NAMES[level],
+                        level,
+                        table,
+                        idx,
+                        ea,
+                        (e,),
+                        l_lay if leaf else SL_TABLE,
+                        "reserved",
+                        code,
+                    )
+                raise WalkFault(code)
+            rw &= e
+            if used is not None:
+                used.append(ea)
+                used.append(e)
+            if leaf:
+                if trace is not None:
+                    self._step(
+                        trace,
+                        stage,
+                        _SL_NAMES[level],
+                        level,
+                        table,
+                        idx,
+                        ea,
+                        (e,),
+                        l_lay,
+                        "leaf",
+                        None,
+                    )
+                break
+            if trace is not None:
+                self._step(
+                    trace,
+                    stage,
+                    _SL_NAMES[level],
+                    level,
+                    table,
+                    idx,
+                    ea,
+                    (e,),
+                    SL_TABLE,
+                    "table",
+                    None,
+                )
+            table = e & taddr
+            level -= 1
+            if fill is not None:
+                fill.append((level, table, rw))
+        # permissions accumulated over the levels (VT-d 3.7 "access rights")
+        if sm and not rw & need_rw:
+            raise WalkFault(FR_SM_WRITE if write else FR_SM_READ)
+        pshift = 3 + 9 * level
+        hpa = (e & l_addr) | (addr & ((1 << pshift) - 1))
+        perm = 0
+        if rw & self.sl_r:
+            perm |= PERM_R | PERM_SR | PERM_X | PERM_SX
+        if rw & self.sl_w:
+            perm |= PERM_W | PERM_SW
+        if used is not None:
+            # SSADE: A in every entry used, D in the leaf on a write (VT-d 3.7.3)
+            a = self.sl_a
+            mem = self.memory
+            n = len(used)
+            for i in range(0, n, 2):
+                ea_i, e_i = used[i], used[i + 1]
+                new = e_i | a
+                if i == n - 2 and write:
+                    new |= self.sl_d
+                if new != e_i:
+                    mem.write64(ea_i, new)
+            if not write and not used[n - 1] & self.sl_d:
+                perm &= ~(PERM_W | PERM_SW)
+        return hpa, pshift, perm
+
+    # -- first level -------------------------------------------------------------------------
+
+    def first_level(
+        self,
+        pe: PasidInfo,
+        addr: int,
+        write: bool,
+        execute: bool,
+        privileged: bool,
+        trace: list[WalkStep] | None = None,
+        start: tuple[int, int, int] | None = None,
+        fill: list[tuple[int, int, int]] | None = None,
+        nested: bool = False,
+    ) -> tuple[int, int, int]:
+        """Walk first-level (IA-32e) tables of ``pe`` for ``addr``; with ``nested`` every table
+        address and the output are guest-physical and are translated through ``pe``'s second
+        level.  Returns ``(address, page_shift, perm)`` (``address`` is the HPA).
+
+        VT-d 3.6 / 9.7: canonical check (0x80), P (0x71), reserved (0x72), access (0x73 for
+        the top table, 0x70 below), U/S (0x81), R/W with WPE for supervisor requests (0x85),
+        XD (0x82); A in every entry, D in the leaf on writes, EA with EAFE; a failed
+        write-back is 0x91 (QEMU vtd_iova_to_flpte, vtd_set_flag_in_pte).
+        Nested (VT-d 3.8): table addresses translated through the second level with read
+        access (0x75 for the top table, 0x76 below; 0x77 when an A/D update needs write
+        access; 0x74 when beyond the second-level width).
+        """
+        levels = pe.fl_levels
+        top = 12 + 9 * levels - 1  # 47 or 56
+        hi = addr >> top
+        if hi and hi != (1 << (64 - top)) - 1:
+            raise WalkFault(FR_FS_NON_CANONICAL)
+        mem = self.memory
+        read64 = mem.read64
+        fl_level = self.fl_level
+        p_bit, rw_bit, us_bit, ps_bit, xd_bit = (
+            self.fl_p,
+            self.fl_rw,
+            self.fl_us,
+            self.fl_ps,
+            self.fl_xd,
+        )
+        taddr = self.fl_table_addr
+        if start is None:
+            level = levels
+            table = pe.fl_root
+            acc = rw_bit | us_bit  # accumulated RW, US; XD accumulates with OR
+        else:
+            level, table, acc = start
+        used: list[int] = []
+        sl_root, sl_levels, ssade = pe.sl_root, pe.sl_levels, pe.ssade
+        while True:
+            shift = 3 + 9 * level
+            idx = (addr >> shift) & 511
+            name = _FL_NAMES[level]
+            is_top = level == levels
+            if nested:
+                # translate the (guest-physical) table address through the second level
+                try:
+                    t_hpa, _, _ = self.second_level(
+                        sl_root,
+                        sl_levels,
+                        table,
+                        False,
+                        True,
+                        ssade,
+                        trace,
+                        stage="nested-second-level",
+                    )
+                except WalkFault as f:
+                    if f.reason in (FR_SS_RW, FR_SM_READ):
+                        raise WalkFault(FR_NESTED_TOP_READ if is_top else FR_NESTED_READ) from None
+                    if f.reason == FR_SM_BEYOND:
+                        raise WalkFault(FR_NESTED_BEYOND) from None
+                    raise
+                table_hpa = t_hpa & ~0xFFF
+            else:
+                table_hpa = table
+            ea = table_hpa + (idx << 3)
+            try:
+                e = read64(ea)
+            except MemoryAccessError:
+                code = FR_FS_TOP_ACCESS if is_top else FR_FS_ACCESS
+                if trace is not None:
+                    self._step(
+                        trace,
+                        "first-level",
+                        name,
+                        level,
+                        table_hpa,
+                        idx,
+                        ea,
+                        (),
+                        None,
+                        "access-error",
+                        code,
+                    )
+                raise WalkFault(code) from None
+            if not e & p_bit:
+                if trace is not None:
+                    self._step(
+                        trace,
+                        "first-level",
+                        name,
+                        level,
+                        table_hpa,
+                        idx,
+                        ea,
+                        (e,),
+                        FL_TABLE,
+                        "not-present",
+                        FR_FS_P,
+                    )
+                raise WalkFault(FR_FS_P)
+            t_rsv, l_rsv, l_addr, l_lay = fl_level[level]
+            leaf = level == 1 or e & ps_bit
+            bad = (l_rsv < 0 or e & l_rsv) if leaf else e & t_rsv
+            if bad:
+                if trace is not None:
+                    self._step(
+                        trace,
+                        "first-level",
+                        name,
+                        level,
+                        table_hpa,
+                        idx,
+                        ea,
+                        (e,),
+                        l_lay if leaf else FL_TABLE,
+                        "reserved",
+                        FR_FS_RSVD,
+                    )
+                raise WalkFault(FR_FS_RSVD)
+            acc &= e | xd_bit | ~(rw_bit | us_bit)
+            acc |= e & xd_bit
+            used.append(ea)
+            used.append(e)
+            used.append(table)
+            if leaf:
+                if trace is not None:
+                    self._step(
+                        trace,
+                        "first-level",
+                        name,
+                        level,
+                        table_hpa,
+                        idx,
+                        ea,
+                        (e,),
+                        l_lay,
+                        "leaf",
+                        None,
+                    )
+                break
+            if trace is not None:
+                self._step(
+                    trace,
+                    "first-level",
+                    name,
+                    level,
+                    table_hpa,
+                    idx,
+                    ea,
+                    (e,),
+                    FL_TABLE,
+                    "table",
+                    None,
+                )
+            table = e & taddr
+            level -= 1
+            if fill is not None:
+                fill.append((level, table, acc))
+        rw_ok = bool(acc & rw_bit)
+        us_ok = bool(acc & us_bit)
+        xd = bool(acc & xd_bit)
+        # permission checks (VT-d 3.6.1 access rights; QEMU vtd_iova_to_flpte)
+        if not privileged:
+            if not us_ok:
+                raise WalkFault(FR_FS_US)
+            if write and not rw_ok:
+                raise WalkFault(FR_SM_WRITE)
+        elif write and pe.wpe and not rw_ok:
+            raise WalkFault(FR_SM_WRITE)
+        if execute and xd:
+            raise WalkFault(FR_NO_EXECUTE)
+        pshift = 3 + 9 * level
+        out = (e & l_addr) | (addr & ((1 << pshift) - 1))
+        perm = 0
+        if us_ok:
+            perm |= PERM_R
+            if rw_ok:
+                perm |= PERM_W
+            if not xd:
+                perm |= PERM_X
+        if pe.sre:
+            perm |= PERM_SR
+            if rw_ok or not pe.wpe:
+                perm |= PERM_SW
+            if not xd:
+                perm |= PERM_SX
+        hpa = out
+        if nested:
+            hpa, sl_shift, sl_perm = self.second_level(
+                sl_root, sl_levels, out, write, True, ssade, trace
+            )
+            perm &= sl_perm
+            pshift = min(pshift, sl_shift)
+        # accessed / dirty write-back (first level always tracks A/D; VT-d 3.6.2)
+        a = self.fl_a | (self.fl_ea if pe.eafe else 0)
+        n = len(used)
+        for i in range(0, n, 3):
+            ea_i, e_i, t_gpa = used[i], used[i + 1], used[i + 2]
+            new = e_i | a
+            if i == n - 3 and write:
+                new |= self.fl_d
+            if new != e_i:
+                if nested:
+                    # the A/D update is a write to the (guest-physical) table page
+                    try:
+                        self.second_level(sl_root, sl_levels, t_gpa, True, True, ssade)
+                    except WalkFault as f:
+                        if f.reason in (FR_SM_WRITE, FR_SS_RW):
+                            raise WalkFault(FR_NESTED_WRITE) from None
+                        raise
+                try:
+                    mem.write64(ea_i, new)
+                except MemoryAccessError:
+                    raise WalkFault(FR_FS_AD_FAILED) from None
+        if not write and not used[n - 2] & self.fl_d:
+            perm &= ~(PERM_W | PERM_SW)
+        return hpa, pshift, perm
+
+    # -- the uncached hot path ------------------------------------------------------------------
+
+    def fast_sm(
+        self, rta: int, sid: int, addr: int, pasid: int | None, write: bool, privileged: bool
+    ) -> tuple[int, int, int, int, int, bool, int, bool] | None:
+        """The success path of a scalable-mode second-level or pass-through walk, inlined.
+
+        Returns ``(hpa, page_shift, perm, did, pasid_used, dte, pgtt, privileged)`` (the
+        privilege is RID_PRIV for a request without PASID), or None whenever anything is
+        unusual (a fault, a first-level or nested PGTT, A/D tracking, a page never written):
+        the caller then runs :meth:`walk`, which decides.  Same checks as the general walk,
+        in the same order, reading memory through ``PhysicalMemory.qword_pages``.
+        """
+        q = self.memory.qword_pages
+        # root entry: lower/upper half by devfn (Linux iommu_context_addr)
+        half = (sid >> 7) & 1
+        a = rta + ((sid >> 8) << 4) + (half << 3)
+        pg = q.get(a >> 12)
+        if pg is None:
+            return None
+        e = pg[(a & 4095) >> 3]
+        if not e & self.rs_p[half] or e & self.rs_rsv[half]:
+            return None
+        # context entry: 32 bytes, 128 per table
+        a = (e & self.rs_ctp[half]) + ((sid & 0x7F) << 5)
+        pg = q.get(a >> 12)
+        if pg is None:
+            return None
+        i = (a & 4095) >> 3
+        c0 = pg[i]
+        c1 = pg[i + 1]
+        r = self.sc_rsv
+        if not c0 & self.sc_p or c0 & r[0] or c1 & r[1] or pg[i + 2] or pg[i + 3]:
+            return None
+        if pasid is None:
+            s, m = self.sc_rid_pasid
+            p = (c1 & m) >> s
+            privileged = bool(c1 & self.sc_rid_priv)
+        else:
+            if not c0 & self.sc_paside:
+                return None
+            p = pasid
+        s, m = self.sc_pdts
+        if (p >> 6) >= 1 << (((c0 & m) >> s) + 7):
+            return None
+        # PASID directory entry
+        a = (c0 & self.sc_dir) + ((p >> 6) << 3)
+        pg = q.get(a >> 12)
+        if pg is None:
+            return None
+        e = pg[(a & 4095) >> 3]
+        if not e & self.pd_p or e & self.pd_rsv:
+            return None
+        # PASID-table entry: 64 bytes
+        a = (e & self.pd_ptr) + ((p & 63) << 6)
+        pg = q.get(a >> 12)
+        if pg is None:
+            return None
+        i = (a & 4095) >> 3
+        p0 = pg[i]
+        p1 = pg[i + 1]
+        p2 = pg[i + 2]
+        r = self.pe_rsv
+        if (
+            not p0 & self.pe_p
+            or p0 & r[0]
+            or p1 & r[1]
+            or p2 & r[2]
+            or pg[i + 3]
+            or pg[i + 4]
+            or pg[i + 5]
+            or pg[i + 6]
+            or pg[i + 7]
+        ):
+            return None
+        if privileged and not p2 & self.pe_sre:
+            return None
+        s, m = self.pe_did
+        did = (p1 & m) >> s
+        s, m = self.pe_pgtt
+        pgtt = (p0 & m) >> s
+        dte = bool(c0 & self.sc_dte)
+        if pgtt == PGTT_PT and self._pgtt_ok[PGTT_PT]:
+            if _INTR_LO <= addr <= _INTR_HI:
+                return None
+            perm = _ALL_PERMS if p2 & self.pe_sre else PERM_R | PERM_W | PERM_X
+            return addr, 12, perm, did, p, dte, pgtt, privileged
+        if pgtt != PGTT_SL or not self._pgtt_ok[PGTT_SL] or p0 & self.pe_ssade:
+            return None
+        s, m = self.pe_aw
+        level = ((p0 & m) >> s) + 2
+        if (12 + 9 * level) not in self.caps.sagaw or addr >> min(12 + 9 * level, self.mgaw):
+            return None
+        # second-level tables
+        table = p0 & self.pe_slptr
+        rwm = self.sl_rw
+        rw = rwm
+        ps = self.sl_ps
+        sl_level = self.sl_level
+        taddr = self.sl_table_addr
+        while True:
+            a = table + (((addr >> (3 + 9 * level)) & 511) << 3)
+            pg = q.get(a >> 12)
+            if pg is None:
+                return None
+            e = pg[(a & 4095) >> 3]
+            if not e & rwm:
+                return None
+            t_rsv, l_rsv, l_addr, _ = sl_level[level]
+            if level == 1 or e & ps:
+                if l_rsv < 0 or e & l_rsv:
+                    return None
+                rw &= e
+                break
+            if e & t_rsv:
+                return None
+            rw &= e
+            table = e & taddr
+            level -= 1
+        if not rw & (self.sl_w if write else self.sl_r):
+            return None
+        shift = 3 + 9 * level
+        hpa = (e & l_addr) | (addr & ((1 << shift) - 1))
+        if _INTR_LO <= hpa <= _INTR_HI:
+            return None
+        perm = (PERM_R | PERM_X | PERM_SR | PERM_SX if rw & self.sl_r else 0) | (
+            PERM_W | PERM_SW if rw & self.sl_w else 0
+        )
+        if not p2 & self.pe_sre:
+            perm &= PERM_R | PERM_W | PERM_X
+        return hpa, shift, perm, did, p, dte, pgtt, privileged
+
+    # -- whole walk --------------------------------------------------------------------------
+
+    def walk(
+        self,
+        rta: int,
+        ttm: int,
+        sid: int,
+        addr: int,
+        *,
+        pasid: int | None = None,
+        write: bool = False,
+        execute: bool = False,
+        privileged: bool = False,
+        trace: list[WalkStep] | None = None,
+    ) -> WalkResult:
+        """A complete uncached translation of one request.  Raises :class:`WalkFault`."""
+        if ttm == 0 and pasid is not None:
+            # TTM 00 with a request-with-PASID (Linux 0x31 "SM: TTM 0 for request with PASID")
+            raise WalkFault(FR_RTADDR_INV_TTM)
+        ctx = self.context(rta, ttm, sid, trace)
+        if ctx.mode == 0:
+            return self.finish_legacy(ctx, addr, write, trace)
+        if pasid is not None and not ctx.paside:
+            raise WalkFault(FR_SM_PASIDE, ctx.fpd)
+        rid = pasid is None
+        p = ctx.rid_pasid if pasid is None else pasid
+        pe = self.pasid_entry(ctx, p, rid, trace)
+        priv = ctx.rid_priv if rid else privileged
+        return self.finish_sm(ctx, pe, addr, write, execute, priv, trace)
+
+    def finish_legacy(
+        self,
+        ctx: ContextInfo,
+        addr: int,
+        write: bool,
+        trace: list[WalkStep] | None = None,
+        start: tuple[int, int, int] | None = None,
+        fill: list[tuple[int, int, int]] | None = None,
+    ) -> WalkResult:
+        """Legacy translation after the context entry (TT: SL walk or pass-through)."""
+        try:
+            if ctx.tt == 2:
+                hpa, shift, perm = addr, 12, _ALL_PERMS
+            else:
+                hpa, shift, perm = self.second_level(
+                    ctx.slptr, ctx.levels, addr, write, False, False, trace, start, fill
+                )
+        except WalkFault as f:
+            f.fpd = ctx.fpd
+            raise
+        if _INTR_LO <= hpa <= _INTR_HI:
+            raise WalkFault(FR_INTERRUPT_ADDR, ctx.fpd)
+        return WalkResult(hpa, shift, perm, ctx.did, None, 0, ctx.dte)
+
+    def finish_sm(
+        self,
+        ctx: ContextInfo,
+        pe: PasidInfo,
+        addr: int,
+        write: bool,
+        execute: bool,
+        privileged: bool,
+        trace: list[WalkStep] | None = None,
+        start: tuple[int, int, int] | None = None,
+        fill: list[tuple[int, int, int]] | None = None,
+    ) -> WalkResult:
+        """Scalable-mode translation after the PASID entry, by PGTT."""
+        fpd = ctx.fpd or pe.fpd
+        try:
+            if privileged and not pe.sre:
+                # Supervisor request with SRE=0 (Linux 0x5D "SRE field is clear")
+                raise WalkFault(FR_PE_SRE)
+            if execute and not self.caps.execute_requests:
+                raise WalkFault(FR_PE_ERE)
+            pgtt = pe.pgtt
+            if pgtt == PGTT_SL:
+                hpa, shift, perm = self.second_level(
+                    pe.sl_root, pe.sl_levels, addr, write, True, pe.ssade, trace, start, fill
+                )
+            elif pgtt == PGTT_FL:
+                hpa, shift, perm = self.first_level(
+                    pe, addr, write, execute, privileged, trace, start, fill
+                )
+            elif pgtt == PGTT_NESTED:
+                hpa, shift, perm = self.first_level(
+                    pe, addr, write, execute, privileged, trace, None, None, nested=True
+                )
+            else:  # pass-through
+                hpa, shift, perm = addr, 12, _ALL_PERMS
+            if not pe.sre:
+                perm &= ~(PERM_SR | PERM_SW | PERM_SX)
+            if _INTR_LO <= hpa <= _INTR_HI:
+                raise WalkFault(FR_SM_INTERRUPT)
+        except WalkFault as f:
+            f.fpd = fpd
+            raise
+        return WalkResult(hpa, shift, perm, pe.did, pe.pasid, pgtt, ctx.dte)
+
+    # -- trace helper --------------------------------------------------------------------------
+
+    @staticmethod
+    def _step(
+        trace: list[WalkStep] | None,
+        stage: str,
+        name: str,
+        level: int,
+        table: int,
+        index: int,
+        ea: int,
+        raw: tuple[int, ...],
+        layout: Layout | None,
+        outcome: str,
+        fault: int | None,
+    ) -> None:
+        if trace is None:
+            return
+        decoded = layout.decode(raw) if layout is not None and raw else None
+        trace.append(WalkStep(stage, name, level, table, index, ea, raw, decoded, outcome, fault))
