@@ -152,6 +152,7 @@ FR_NESTED_WRITE = 0x77
 FR_SS_ACCESS = 0x78
 FR_SS_RW = 0x79
 FR_SS_RSVD = 0x7A
+FR_SS_SLPTPTR = 0x7B
 FR_FS_NON_CANONICAL = 0x80
 FR_FS_US = 0x81
 FR_NO_EXECUTE = 0x82
@@ -424,6 +425,13 @@ class Walker:
                 self.sl_level[lvl] = (rsv(SL_TABLE), rsv(lay), lay.field("ADDR").mask, lay)
             else:
                 self.sl_level[lvl] = (rsv(SL_TABLE), -1, 0, lay or SL_TABLE)
+        # Legacy mode: a leaf's SNP is reserved unless ECAP.SC (QEMU vtd_init clears
+        # VTD_SPTE_SNP from the leaf masks only "if (s->scalable_mode || s->snoop_control)").
+        snp = 0 if caps.snoop_control else _bit(SL_PTE_4K, "SNP")
+        self.sl_level_legacy: dict[int, tuple[int, int, int, Layout]] = {
+            lvl: (t_rsv, l_rsv if l_rsv < 0 else l_rsv | snp, l_addr, lay)
+            for lvl, (t_rsv, l_rsv, l_addr, lay) in self.sl_level.items()
+        }
         # first-level paging entries
         self.fl_p = _bit(FL_TABLE, "P")
         self.fl_rw = _bit(FL_TABLE, "RW")
@@ -1043,14 +1051,15 @@ class Walker:
         ``start = (level, table, rw)`` resumes from a paging-structure-cache hit; ``fill``
         receives ``(level, table, rw)`` for each next-level table met.
         Legacy faults: not present / no permission -> 0x6/0x5 at the level (QEMU), reserved
-        0xC, access 0x7, beyond AW 0x4.  Scalable: R=W=0 -> 0x79, final permission 0x86/0x85,
-        reserved 0x7A, access 0x78, beyond AW 0x83.
+        0xC (a leaf's SNP too without ECAP.SC), access 0x7, beyond AW 0x4.  Scalable: R=W=0 ->
+        0x79, final permission 0x86/0x85, reserved 0x7A, access 0x7B for the top table (the
+        SLPTPTR) and 0x78 below, beyond AW 0x83.
         """
         aw = 12 + 9 * levels
         if addr >> min(aw, self.mgaw):
             raise WalkFault(FR_SM_BEYOND if sm else FR_ADDR_BEYOND_MGAW)
         read64 = self.memory.read64
-        sl_level = self.sl_level
+        sl_level = self.sl_level if sm else self.sl_level_legacy
         need_rw = self.sl_w if write else self.sl_r
         rwm = self.sl_rw
         ps = self.sl_ps
@@ -1069,7 +1078,13 @@ class Walker:
             try:
                 e = read64(ea)
             except MemoryAccessError:
-                code = FR_SS_ACCESS if sm else FR_PAGING_ENTRY_INV
+                # Scalable mode: the table named by the PASID entry's SLPTPTR is 0x7B (SSS.4,
+                # Linux "Invalid second-level page table pointer"), deeper tables 0x78 -- as
+                # 0x73 / 0x70 split the first level.  Legacy: 0x7 at every level (QEMU).
+                if sm:
+                    code = FR_SS_SLPTPTR if level == levels else FR_SS_ACCESS
+                else:
+                    code = FR_PAGING_ENTRY_INV
                 if trace is not None:
                     self._step(
                         trace,

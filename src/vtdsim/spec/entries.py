@@ -174,12 +174,16 @@ SL_TABLE = Layout(
         Field("IGN_6_3", 3, 6, "ignored", kind="ignored"),
         Field("PS", 7, 7, "page size (0 for a table pointer)"),
         Field("A", 8, 8, "accessed (with SSADE)"),
-        Field("IGN_11_9", 9, 11, "ignored", kind="ignored"),
+        Field("IGN_10_9", 9, 10, "ignored", kind="ignored"),
+        # bit 11 (SNP in a leaf) is reserved in a table pointer: QEMU
+        # VTD_SPTE_PAGE_L{2,3,4}_RSVD_MASK all contain 0x800, and vtd_init clears SNP only from
+        # the leaf masks (vtd_spte_rsvd[1], vtd_spte_rsvd_large[2..3]).
         Field("ADDR", 12, 51, "next-level table address", kind="address"),
         Field("IGN_61_52", 52, 61, "ignored", kind="ignored"),
         Field("IGN_63", 63, 63, "ignored", kind="ignored"),
     ],
-    "Second-stage non-leaf entry (PML5E/PML4E/PDPE/PDE pointing to a table).",
+    "Second-stage non-leaf entry (PML5E/PML4E/PDPE/PDE pointing to a table); bit 11 and bit 62 "
+    "reserved.",
 )
 SL_PTE_4K = Layout(
     "SlPte4K",

@@ -282,20 +282,25 @@ FAULT_REASONS: dict[int, FaultReason] = {r.code: r for r in _REASONS}
 _BY_NAME: dict[str, FaultReason] = {r.name: r for r in _REASONS}
 
 #: Primary fault recording register (128-bit), VT-d spec 11.4.14; Linux dmar.c dmar_fault
-#: (dma_frcd_* accessors) and the reference's 3.1.
+#: (dma_frcd_* accessors on the dwords at +8 and +12: SID 79:64, PP 95, FR 103:96, PV 123:104,
+#: T 126, F 127), the reference's 3.1 (its bit numbers are within the high qword), VirtualBox
+#: iommu-intel.h VTD_BF_1_FRCD_REG_* (T2 at 92, PRIV 93, EXE 94).
 FAULT_RECORD = Layout(
     "FaultRecord",
     2,
     [
         Field("FI", 12, 63, "fault information: faulting page address", kind="address"),
         Field("SID", 64, 79, "source identifier"),
+        Field("T2", 92, 92, "type bit 2 (with T1: 00 write, 10 read; 0 for DMA requests)"),
         Field("PRIV", 93, 93, "privilege mode requested"),
         Field("EXE", 94, 94, "execute permission requested"),
         Field("PP", 95, 95, "PASID present"),
         Field("FR", 96, 103, "fault reason"),
         Field("PV", 104, 123, "PASID value"),
         Field("AT", 124, 125, "address type"),
-        Field("T", 126, 126, "type: 1 = read, 0 = write"),
+        # Linux dmar.c dmar_fault: dma_frcd_type() = bit 30 of the dword at +12 = bit 126,
+        # printed as "DMA Read" when 1; QEMU vtd_record_frcd VTD_FRCD_T (hi bit 62) for reads.
+        Field("T", 126, 126, "type (T1): 1 = read, 0 = write"),
         Field("F", 127, 127, "fault (write 1 to clear)"),
     ],
     "Primary fault recording register (128-bit).",

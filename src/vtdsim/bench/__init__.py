@@ -1,0 +1,58 @@
+"""Benchmark registry for ``vtdsim bench``.
+
+Each benchmark is a function taking no argument and returning one figure (a float: operations per
+second, microseconds per operation... the function's docstring says which).  The registry maps a
+name to a *lazy* reference ``"module:function"`` so that listing benchmarks imports nothing
+heavy; :func:`load` imports one on demand.
+
+Adding a benchmark is one line in :data:`_REFERENCES`::
+
+    "walk_4k_hit": "vtdsim.bench.hw:bench_walk_4k_hit",
+
+``BENCHMARKS`` is a dict of name to a callable that imports and runs the function, so
+``BENCHMARKS["x"]()`` is the figure.
+"""
+
+from __future__ import annotations
+
+import importlib
+from collections.abc import Callable
+
+__all__ = ["BENCHMARKS", "load", "names"]
+
+#: name -> "module:function" (functions live in modules of this package, e.g. vtdsim/bench/hw.py)
+_REFERENCES: dict[str, str] = {
+    "selftest_loop": "vtdsim.bench.selftest:bench_loop",
+    # When benchmarks/bench_hw.py moves to src/vtdsim/bench/hw.py, its figures are:
+    # "translate_warm_per_s": "vtdsim.bench.hw:translate_warm_per_s",
+    # "translate_walk_per_s": "vtdsim.bench.hw:translate_walk_per_s",
+    # "dma_read_64b_per_s": "vtdsim.bench.hw:dma_read_64b_per_s",
+    # "entry_codec_per_s": "vtdsim.bench.hw:entry_codec_per_s",
+}
+
+
+def load(name: str) -> Callable[[], float]:
+    """The benchmark function registered as ``name`` (imports its module)."""
+    ref = _REFERENCES[name]
+    module, _, attr = ref.partition(":")
+    fn = getattr(importlib.import_module(module), attr)
+    if not callable(fn):  # pragma: no cover - a registry mistake
+        raise TypeError(f"benchmark {name!r} -> {ref} is not callable")
+    return fn  # type: ignore[no-any-return]
+
+
+def names() -> list[str]:
+    return list(_REFERENCES)
+
+
+def _lazy(name: str) -> Callable[[], float]:
+    def run() -> float:
+        return float(load(name)())
+
+    run.__name__ = f"bench_{name}"
+    run.__doc__ = f"Benchmark {name!r} ({_REFERENCES[name]}), imported on first call."
+    return run
+
+
+#: name -> callable returning the figure; the module behind each is imported on first call
+BENCHMARKS: dict[str, Callable[[], float]] = {name: _lazy(name) for name in _REFERENCES}

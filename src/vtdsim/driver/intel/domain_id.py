@@ -1,0 +1,160 @@
+"""Domain identifiers: the per-unit DID bitmap and the per-(domain, unit) reference count.
+
+Linux counterparts (``drivers/iommu/intel/iommu.c``):
+
+* ``iommu_init_domains``: a bitmap of ``cap_ndoms(iommu->cap)`` bits; bit 0 is reserved
+  (caching mode tags non-present entries with DID 0) and, in scalable mode, bit 1
+  (``FLPT_DEFAULT_DID``, used by pass-through and first-level PASID entries) too.
+* ``domain_attach_iommu`` / ``domain_detach_iommu`` (5.5: ``domain->iommu_refcnt[]`` and
+  ``iommu_did[]``; 6.x: ``struct iommu_domain_info {refcnt, did}`` in ``domain->iommu_array``):
+  the first attach of a domain to a unit takes the lowest free DID (``find_first_zero_bit``),
+  later attaches only count; the last detach clears the bit.  Every RID attach *and every aux
+  attach* takes a reference.  Both run with ``iommu->lock`` held (5.5 also holds
+  ``device_domain_lock``), which is asserted.
+"""
+
+from __future__ import annotations
+
+import errno
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Protocol
+
+from vtdsim.driver import sync
+from vtdsim.driver.intel.inject import FaultInjector
+from vtdsim.errors import ArgumentError, IommuError
+
+if TYPE_CHECKING:
+    from vtdsim.driver.intel.dmar import IntelIommu
+
+__all__ = [
+    "FLPT_DEFAULT_DID",
+    "DomainIdAllocator",
+    "DomainWithIommus",
+    "IommuDomainInfo",
+    "domain_attach_iommu",
+    "domain_detach_iommu",
+    "domain_id_iommu",
+]
+
+#: Linux ``FLPT_DEFAULT_DID``: the DID of pass-through / first-level entries in scalable mode.
+FLPT_DEFAULT_DID = 1
+
+
+class DomainIdAllocator:
+    """The per-unit DID bitmap (``iommu->domain_ids``).
+
+    Guarded by the owning unit's ``iommu->lock`` in Linux; the model also asserts that, when
+    ``lock`` is given.  ``alloc`` returns the lowest free id, raising ``IommuError(ENOSPC)`` when
+    the bitmap is full (``domain_attach_iommu``'s "No free domain ids") and ``IommuError(ENOMEM)``
+    on an injected failure (site ``"did"``).
+    """
+
+    def __init__(
+        self,
+        ndoms: int,
+        scalable: bool = True,
+        lock: sync.SpinLock | None = None,
+        injector: FaultInjector | None = None,
+    ) -> None:
+        if not isinstance(ndoms, int) or ndoms < 3:
+            raise ArgumentError("ndoms", ndoms, "an integer >= 3 (cap_ndoms)")
+        self.ndoms = ndoms
+        self.lock = lock
+        self.injector = injector
+        self._used = bytearray(ndoms)
+        self._used[0] = 1  # iommu_init_domains: set_bit(0, iommu->domain_ids)
+        self.reserved = {0}
+        if scalable:
+            self._used[FLPT_DEFAULT_DID] = 1  # set_bit(FLPT_DEFAULT_DID, ...)
+            self.reserved.add(FLPT_DEFAULT_DID)
+        self._count = len(self.reserved)
+
+    def alloc(self) -> int:
+        """Lowest free DID (``find_first_zero_bit`` + ``set_bit``)."""
+        sync.point("did_alloc")
+        if self.lock is not None:
+            self.lock.assert_held()
+        if self.injector is not None and self.injector.should_fail("did"):
+            raise IommuError(errno.ENOMEM, "domain id allocation failed (injected)")
+        did = self._used.find(0)
+        if did < 0:
+            raise IommuError(errno.ENOSPC, f"no free domain ids (cap_ndoms = {self.ndoms})")
+        self._used[did] = 1
+        self._count += 1
+        return did
+
+    def free(self, did: int) -> None:
+        """``clear_bit(did, iommu->domain_ids)``; freeing a reserved or free id is a bug."""
+        sync.point("did_free")
+        if self.lock is not None:
+            self.lock.assert_held()
+        if not 0 <= did < self.ndoms or did in self.reserved or not self._used[did]:
+            raise ArgumentError("did", did, "an allocated, non-reserved domain id")
+        self._used[did] = 0
+        self._count -= 1
+
+    def in_use(self) -> list[int]:
+        """Allocated DIDs (reserved ones excluded), ascending."""
+        return [d for d in range(self.ndoms) if self._used[d] and d not in self.reserved]
+
+    def is_used(self, did: int) -> bool:
+        return bool(self._used[did])
+
+    def __len__(self) -> int:
+        return self._count - len(self.reserved)
+
+
+@dataclass
+class IommuDomainInfo:
+    """Linux ``struct iommu_domain_info``: one per (domain, unit) the domain is attached to."""
+
+    iommu: IntelIommu
+    refcnt: int
+    did: int
+
+
+class DomainWithIommus(Protocol):
+    """What :func:`domain_attach_iommu` needs of a domain (``dmar_domain->iommu_array``,
+    keyed by ``iommu->seq_id``)."""
+
+    iommu_array: dict[int, IommuDomainInfo]
+
+
+def domain_attach_iommu(domain: DomainWithIommus, iommu: IntelIommu) -> int:
+    """Linux ``domain_attach_iommu``: take a reference on ``domain``'s DID on ``iommu``,
+    allocating the lowest free DID on the first reference.  Returns the DID.
+
+    Caller holds ``iommu.lock``.  On error (``ENOSPC``, injected ``ENOMEM``) nothing changed.
+    """
+    iommu.lock.assert_held()
+    info = domain.iommu_array.get(iommu.seq_id)
+    if info is not None:
+        info.refcnt += 1
+        return info.did
+    did = iommu.domain_ids.alloc()
+    domain.iommu_array[iommu.seq_id] = IommuDomainInfo(iommu, 1, did)
+    return did
+
+
+def domain_detach_iommu(domain: DomainWithIommus, iommu: IntelIommu) -> None:
+    """Linux ``domain_detach_iommu``: drop a reference; the last one frees the DID.
+
+    Caller holds ``iommu.lock``.  Detaching a domain that holds no reference raises
+    :class:`ArgumentError` (Linux would underflow the refcount).
+    """
+    iommu.lock.assert_held()
+    info = domain.iommu_array.get(iommu.seq_id)
+    if info is None:
+        raise ArgumentError("domain", domain, f"a domain attached to {iommu.name}")
+    info.refcnt -= 1
+    if info.refcnt == 0:
+        iommu.domain_ids.free(info.did)
+        del domain.iommu_array[iommu.seq_id]
+
+
+def domain_id_iommu(domain: DomainWithIommus, iommu: IntelIommu) -> int:
+    """Linux ``domain_id_iommu``: the DID ``domain`` has on ``iommu`` (ArgumentError if none)."""
+    info = domain.iommu_array.get(iommu.seq_id)
+    if info is None:
+        raise ArgumentError("domain", domain, f"a domain attached to {iommu.name}")
+    return info.did

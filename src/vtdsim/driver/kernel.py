@@ -1,0 +1,443 @@
+"""``Kernel``: the Intel driver booted over a :class:`~vtdsim.hw.platform.Platform`, exposing
+the core IOMMU API plus whole-state invariant checks for tests and the interleaving explorer.
+
+Design rationale
+----------------
+``Kernel(platform, aux_variant=...)`` does what boot does in Linux: a frame allocator over the
+platform's memory (the OS's pages), one ``IntelIommu`` per remapping unit booted with
+``init_dmars``, then ``intel_iommu_probe_device`` for every device a unit covers.  The result
+*is* an :class:`~vtdsim.driver.core.IommuCore`, so the core API is called on it directly.
+
+:meth:`Kernel.audit` states the invariants the 2019 review is about, over the whole state:
+
+* every PASID entry the driver programmed (the ops' mirror; with ``full=True`` also every
+  present entry read back from the PASID tables in memory, checked against the mirror: DID and
+  page-table pointer) belongs to a live attachment: PASID 0 to the RID domain, a PASID-attach
+  PASID to the core's ``pasid_array``, anything else to an aux attachment of that domain, whose
+  PASID must be allocated in the global allocator *and owned by that domain*;
+* the aux path never programs PASID 0;
+* attachment counts (``auxd_refcnt``, the corrected driver's records) equal the live
+  attachments;
+* the allocators hold exactly what live domains hold: PASIDs (a PASID allocated but held by no
+  attached domain is a leak), DIDs (per unit, with the per-(domain, unit) reference count equal
+  to the number of entries using it);
+* no page is referenced after it was freed (page-table tops, PASID directories/tables; with
+  ``full=True`` every page-table page reachable from a live domain);
+* the v5 variant's device lists are well formed.
+
+It is cheap (no memory scan, no allocator bitmap scan) so that the explorer can call it after
+every scheduling step; :meth:`accounting` is the matching frozen snapshot of resources in use.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+
+from vtdsim.driver.core import DomainType, IommuCore
+from vtdsim.driver.intel.dmar import IntelIommu, Quirks, init_dmars
+from vtdsim.driver.intel.domain_id import FLPT_DEFAULT_DID
+from vtdsim.driver.intel.inject import FaultInjector
+from vtdsim.driver.intel.ioasid import PasidAllocator
+from vtdsim.driver.intel.iommu import AuxVariant, DmarDomain, IntelIommuOps
+from vtdsim.errors import ArgumentError
+from vtdsim.hw.memory import FrameAllocator
+from vtdsim.spec.entries import PASID_DIR_ENTRY, PASID_ENTRY
+
+if TYPE_CHECKING:
+    from vtdsim.driver.intel.device import DeviceDomainInfo
+    from vtdsim.hw.caps import Capabilities
+    from vtdsim.hw.platform import Platform
+
+__all__ = ["TABLE_TAGS", "Accounting", "Kernel"]
+
+#: frame tags of driver-owned translation structures
+TABLE_TAGS = ("pgtable", "pasid-dir", "pasid-table", "context", "root-table")
+_MiB = 1 << 20
+_DIR_P = 1 << PASID_DIR_ENTRY.field("P").shift
+_DIR_ADDR = PASID_DIR_ENTRY.field("SMPTBLPTR").mask
+_PE_P = 1 << PASID_ENTRY.field("P").shift
+_PE_DID = PASID_ENTRY.field("DID")
+_PE_PGTT = PASID_ENTRY.field("PGTT")
+_PE_SLPTPTR = PASID_ENTRY.field("SLPTPTR")
+
+
+@dataclass(frozen=True, slots=True)
+class Accounting:
+    """Resources in use: allocated PASIDs, DIDs per unit, driver table pages per tag, live
+    domains.
+
+    Leaf PASID tables (tag ``"pasid-table"``) are counted apart and do not take part in
+    equality: Linux allocates them lazily in ``intel_pasid_get_entry`` and keeps them until
+    the device's whole PASID table is freed, so a balanced attach/detach legitimately leaves
+    one behind.  (``audit(full=True)`` still checks every one of them is a live frame.)
+    """
+
+    pasids: tuple[int, ...]
+    dids: tuple[tuple[str, tuple[int, ...]], ...]
+    frames: tuple[tuple[str, int], ...]
+    domains: int
+    pasid_leaf_tables: int = field(default=0, compare=False)
+
+
+class Kernel(IommuCore):
+    """The booted Intel driver + core API over ``platform`` (see the module docstring).
+
+    ``aux_variant``: ``"corrected"`` (:mod:`vtdsim.driver.intel.aux`) or ``"v5"`` (the 2019
+    patch as posted, :mod:`vtdsim.driver.intel.aux_v5`; implies the 5.1 PASID-entry quirk that
+    overwrites present entries unless ``quirks`` is given).  Frames for the driver's tables
+    come from ``[frames_start, memory size)``; memory below ``frames_start`` (16 MiB by
+    default) is free for test buffers.  ``injector`` receives every allocation (sites
+    ``did``, ``pasid``, ``pgtable``, ``pasid-dir``, ``pasid-table``, ``context``).
+    """
+
+    ops: IntelIommuOps
+
+    def __init__(
+        self,
+        platform: Platform,
+        aux_variant: AuxVariant = "corrected",
+        *,
+        quirks: Quirks | None = None,
+        injector: FaultInjector | None = None,
+        frames: FrameAllocator | None = None,
+        frames_start: int = 16 * _MiB,
+    ) -> None:
+        if aux_variant not in ("corrected", "v5"):
+            raise ArgumentError("aux_variant", aux_variant, "'corrected' or 'v5'")
+        self.platform = platform
+        memory = platform.memory
+        if frames is None:
+            if not 0 <= frames_start < memory.size or frames_start & 0xFFF:
+                raise ArgumentError(
+                    "frames_start", frames_start, f"a page-aligned address below {memory.size:#x}"
+                )
+            frames = FrameAllocator(memory, frames_start, memory.size)
+        self.frames = frames
+        self.injector = injector if injector is not None else FaultInjector()
+        self.injector.attach(frames)
+        if quirks is None:
+            quirks = Quirks(v5_1_entry=True) if aux_variant == "v5" else Quirks()
+        self.quirks = quirks
+        self.iommus = [
+            IntelIommu(u, frames, seq_id=i, name=u.name, quirks=quirks, injector=self.injector)
+            for i, u in enumerate(platform.units)
+        ]
+        init_dmars(self.iommus)
+        ops = IntelIommuOps(
+            self.iommus,
+            lambda dev: platform.unit_for(dev.sid),
+            aux_variant=aux_variant,
+            pasid_allocator=PasidAllocator(injector=self.injector),
+        )
+        super().__init__(ops)
+        self.aux_variant = aux_variant
+        for dev in platform.devices:
+            if platform.unit_for(dev.sid) is not None:
+                self.probe_device(dev)
+
+    @classmethod
+    def for_testing(
+        cls,
+        ndev: int = 2,
+        *,
+        nopasid_devices: int = 0,
+        pasid_bits: int = 20,
+        ats: bool = True,
+        caps: Capabilities | None = None,
+        memory_size: int = 1 << 32,
+        aux_variant: AuxVariant = "corrected",
+        **kwargs: Any,
+    ) -> Kernel:
+        """A one-unit platform with ``ndev`` PASID-capable devices (00:02.0, 00:03.0, ...)
+        followed by ``nopasid_devices`` devices without a PASID capability."""
+        from vtdsim.hw.platform import Platform
+
+        platform = Platform(memory_size)
+        platform.add_unit(caps)
+        for i in range(ndev + nopasid_devices):
+            bits = pasid_bits if i < ndev else 0
+            platform.add_device(f"00:{2 + i:02x}.0", pasid_bits=bits, ats=ats)
+        return cls(platform, aux_variant, **kwargs)
+
+    # -- convenience ---------------------------------------------------------------------------
+
+    def device(self, bdf: str) -> Any:
+        """The probed device named ``bdf``."""
+        return self.device_state(bdf).dev
+
+    # -- accounting ----------------------------------------------------------------------------
+
+    def accounting(self) -> Accounting:
+        """A frozen snapshot of the PASIDs, DIDs and driver table pages in use."""
+        tags: Counter[str] = Counter()
+        for _order, tag in self.frames.live.values():
+            tags[tag] += 1
+        leaves = tags.pop("pasid-table", 0)
+        return Accounting(
+            pasids=tuple(sorted(_pasid_owners(self.ops.pasid_allocator))),
+            dids=tuple((i.name, _dids_in_use(i)) for i in self.iommus),
+            frames=tuple(sorted(tags.items())),
+            domains=len(self._domains),
+            pasid_leaf_tables=leaves,
+        )
+
+    # -- audit ---------------------------------------------------------------------------------
+
+    def audit(self, full: bool = False) -> list[str]:
+        """Invariant violations of the whole driver state (empty list: consistent).  See the
+        module docstring; ``full=True`` also reads every table back from memory."""
+        out: list[str] = []
+        ops = self.ops
+        owners = _pasid_owners(ops.pasid_allocator)
+        live = self._domains
+        # 1. programmed PASID entries vs attachments
+        aux_pairs: dict[tuple[int, DmarDomain], int] = {}
+        for st in self._devices.values():
+            for d, n in st.aux.items():
+                assert isinstance(d, DmarDomain)
+                aux_pairs[(id(st.dev), d)] = n
+        refs: Counter[tuple[int, DmarDomain]] = Counter()
+        busy = self.in_flight
+        for st in self._devices.values():
+            info = ops.infos[id(st.dev)]
+            prog = ops.programmed.get(id(info), {})
+            name = st.name
+            # an attach/detach of this device (or of the domain) is between the driver's
+            # update and the core's bookkeeping: skip the core-vs-driver comparisons
+            st_busy = busy(st)
+            for pasid, dom in prog.items():
+                refs[(info.iommu.seq_id, dom)] += 1
+                where = f"PASID {pasid:#x} of {name}"
+                if dom.freed or dom not in live:
+                    out.append(f"{where} points to freed {dom!r}")
+                if dom.type is DomainType.IDENTITY:
+                    pass  # pass-through entries use FLPT_DEFAULT_DID, no reference
+                elif info.iommu.seq_id not in dom.iommu_array:
+                    out.append(f"{where}: {dom!r} holds no DID on {info.iommu.name}")
+                if pasid == 0:
+                    if st.domain is not dom and not st_busy:
+                        out.append(f"{where} (RID) points to {dom!r}, RID domain is {st.domain!r}")
+                    continue
+                if st.pasid_array.get(pasid) is dom:
+                    continue
+                if (id(st.dev), dom) not in aux_pairs:
+                    if not (st_busy or busy(dom)):
+                        out.append(f"{where} points to {dom!r}, which is not attached there")
+                    continue
+                if dom.default_pasid != pasid:
+                    out.append(
+                        f"{where} is an aux entry of {dom!r}, whose default PASID is "
+                        f"{dom.default_pasid}"
+                    )
+                owner = owners.get(pasid)
+                if owner is None:
+                    out.append(
+                        f"{where} is programmed for {dom!r} but the allocator holds it as free"
+                    )
+                elif owner is not dom:
+                    out.append(f"{where} is programmed for {dom!r} but allocated to {owner!r}")
+            # 2. core attachments must be programmed
+            if st_busy:
+                continue
+            rid = st.domain
+            if rid is not None and rid.type is not DomainType.BLOCKED and prog.get(0) is not rid:
+                out.append(f"RID of {name}: {rid!r} attached but PASID 0 entry is {prog.get(0)!r}")
+            for p, d in st.pasid_array.items():
+                if d.type is not DomainType.BLOCKED and prog.get(p) is not d and not busy(d):
+                    out.append(
+                        f"PASID {p:#x} of {name}: {d!r} attached but entry is {prog.get(p)!r}"
+                    )
+            for d in st.aux:
+                assert isinstance(d, DmarDomain)
+                if busy(d):
+                    continue
+                if d.default_pasid == 0:
+                    out.append(f"aux attachment of {d!r} to {name} uses PASID 0")
+                elif prog.get(d.default_pasid) is not d:
+                    out.append(
+                        f"aux attachment of {d!r} to {name}: entry at its PASID "
+                        f"{d.default_pasid} is {prog.get(d.default_pasid)!r}"
+                    )
+        # 3. attachment counts
+        per_domain: Counter[DmarDomain] = Counter()
+        for (_dev, d), n in aux_pairs.items():
+            per_domain[d] += n if ops.aux_variant == "v5" else 1
+        records = Counter[DmarDomain]()
+        aux = ops.aux
+        if ops.aux_variant == "corrected":
+            from vtdsim.driver.intel.aux import CorrectedAux
+
+            assert isinstance(aux, CorrectedAux)
+            for d, info, _p, users in aux.attachments():
+                records[d] += 1
+                core_n = aux_pairs.get((id(info.dev), d), 0)
+                if users != core_n and not busy(d):
+                    out.append(f"{d!r} on {info.dev.bdf}: {users} users, core has {core_n}")
+        held_pasids: dict[int, DmarDomain] = {}
+        for d in live:
+            if not isinstance(d, DmarDomain):
+                continue
+            if d.auxd_refcnt != per_domain.get(d, 0) and not busy(d):
+                out.append(
+                    f"{d!r}: auxd_refcnt {d.auxd_refcnt} but {per_domain.get(d, 0)} live aux "
+                    "attachment(s)"
+                )
+            if ops.aux_variant == "corrected" and records.get(d, 0) != d.auxd_refcnt:
+                out.append(f"{d!r}: {records.get(d, 0)} records, auxd_refcnt {d.auxd_refcnt}")
+            if d.auxd_refcnt > 0 and d.default_pasid > 0:
+                held_pasids[d.default_pasid] = d
+            elif ops.aux_variant == "corrected" and d.default_pasid != -1:
+                out.append(f"{d!r} keeps default PASID {d.default_pasid} with no aux attachment")
+            # 4. DID references
+            for seq, di in d.iommu_array.items():
+                n = refs.get((seq, d), 0)
+                if di.refcnt != n:
+                    out.append(
+                        f"{d!r}: DID {di.did} on {di.iommu.name} has refcnt {di.refcnt} but "
+                        f"{n} PASID entr{'y' if n == 1 else 'ies'} use it"
+                    )
+                if not di.iommu.domain_ids.is_used(di.did):
+                    out.append(f"{d!r} holds DID {di.did} on {di.iommu.name}, which is free")
+            # 5. page-table top still live
+            if d.pgtable is not None and self.frames.live.get(d.pgtable.pgd, (0, ""))[1] != (
+                "pgtable"
+            ):
+                out.append(f"{d!r}: page-table top {d.pgtable.pgd:#x} is not a live pgtable page")
+        # 6. allocators hold exactly what live domains hold
+        allocated = sorted(owners)
+        for p in allocated:
+            if p not in held_pasids:
+                out.append(
+                    f"PASID {p} is allocated (to {owners.get(p)!r}) but no attached "
+                    "domain holds it (leak)"
+                )
+        for p, d in held_pasids.items():
+            if owners.get(p) is not d:
+                out.append(f"{d!r} holds PASID {p}, allocator owner is {owners.get(p)!r}")
+        for iommu in self.iommus:
+            held = {
+                d.iommu_array[iommu.seq_id].did
+                for d in live
+                if isinstance(d, DmarDomain) and iommu.seq_id in d.iommu_array
+            }
+            n_held = sum(
+                1 for d in live if isinstance(d, DmarDomain) and iommu.seq_id in d.iommu_array
+            )
+            if len(held) != n_held:
+                out.append(f"{iommu.name}: two live domains share a DID")
+            if len(iommu.domain_ids) != len(held):
+                out.append(
+                    f"{iommu.name}: {len(iommu.domain_ids)} DIDs allocated, live domains hold "
+                    f"{sorted(held)} (leak)"
+                )
+        # 7. variant-specific (v5 lists)
+        aux.audit(out)
+        if full:
+            self._audit_memory(out)
+        return out
+
+    def _audit_memory(self, out: list[str]) -> None:
+        """Read every device's PASID table back and compare it with the mirror; check that
+        every page-table page of a live domain is a live ``pgtable`` frame."""
+        ops = self.ops
+        live_frames = self.frames.live
+        for info in ops.infos.values():
+            prog = ops.programmed.get(id(info), {})
+            try:
+                present = _present_pasid_entries(info)
+            except Exception as e:  # a freed or corrupt table: report, do not crash
+                out.append(f"{info.dev.bdf}: PASID table unreadable: {e}")
+                continue
+            for pasid, (did, slptr, pgtt) in present.items():
+                dom = prog.get(pasid)
+                where = f"memory: PASID {pasid:#x} of {info.dev.bdf}"
+                if dom is None:
+                    out.append(f"{where} is present but the driver programmed nothing there")
+                    continue
+                if dom.type is DomainType.IDENTITY:
+                    if (did, pgtt) != (FLPT_DEFAULT_DID, 4):
+                        out.append(f"{where}: DID {did} PGTT {pgtt} for identity {dom!r}")
+                    continue
+                di = dom.iommu_array.get(info.iommu.seq_id)
+                if di is None or di.did != did:
+                    out.append(f"{where} has DID {did}, {dom!r} holds {di.did if di else None}")
+                if dom.pgtable is not None and (pgtt != 2 or slptr != dom.pgtable.pgd):
+                    out.append(
+                        f"{where}: PGTT {pgtt} SLPTPTR {slptr:#x}, {dom!r}'s table is "
+                        f"{dom.pgtable.pgd:#x}"
+                    )
+            for pasid in prog:
+                if pasid not in present:
+                    out.append(f"memory: PASID {pasid:#x} of {info.dev.bdf} programmed, absent")
+            for page, tag in _pasid_table_pages(info):
+                if live_frames.get(page, (0, ""))[1] != tag:
+                    out.append(f"{info.dev.bdf}: {tag} page {page:#x} is not a live {tag} frame")
+        total = 0
+        for d in self._domains:
+            if isinstance(d, DmarDomain) and d.pgtable is not None:
+                total += d.pgtable.table_pages()
+        n = sum(1 for _o, t in live_frames.values() if t == "pgtable")
+        if n < total:
+            out.append(f"{total} page-table pages reachable, only {n} live pgtable frames")
+
+
+def _pasid_table_pages(info: DeviceDomainInfo) -> list[tuple[int, str]]:
+    """The directory and every leaf table of ``info``'s PASID table, read from memory."""
+    pt = info.pasid_table
+    if pt is None:
+        return []
+    mem = info.iommu.memory
+    pages = [(pt.table, "pasid-dir")]  # one block of 2^order frames
+    for k in range(1 << pt.order):
+        arr = mem.page_array(pt.table + k * 4096)
+        for v in arr[np.flatnonzero(arr & _DIR_P)]:
+            pages.append((int(v) & _DIR_ADDR, "pasid-table"))
+    return pages
+
+
+def _present_pasid_entries(info: DeviceDomainInfo) -> dict[int, tuple[int, int, int]]:
+    """Every present PASID entry of ``info``'s table in memory: pasid -> (DID, SLPTPTR,
+    PGTT)."""
+    pt = info.pasid_table
+    out: dict[int, tuple[int, int, int]] = {}
+    if pt is None:
+        return out
+    mem = info.iommu.memory
+    for k in range(1 << pt.order):
+        arr = mem.page_array(pt.table + k * 4096)
+        for di in np.flatnonzero(arr & _DIR_P):
+            leaf = int(arr[di]) & _DIR_ADDR
+            entries = mem.page_array(leaf).reshape(64, 8)
+            for e in np.flatnonzero(entries[:, 0] & _PE_P):
+                q0, q1 = int(entries[e, 0]), int(entries[e, 1])
+                pasid = ((k * 512 + int(di)) << 6) | int(e)
+                out[pasid] = (_PE_DID.extract(q1), q0 & _PE_SLPTPTR.mask, _PE_PGTT.extract(q0))
+    return out
+
+
+def _pasid_owners(alloc: PasidAllocator) -> dict[int, object]:
+    """The allocator's PASID -> owner map, read without taking ``pasid_lock``: the audit runs
+    at quiescent points and must not itself be a scheduling point under the explorer."""
+    owners = getattr(alloc, "_owners", None)
+    if isinstance(owners, dict):
+        return owners
+    return {p: alloc.owner(p) for p in alloc.allocated()}  # pragma: no cover
+
+
+def _dids_in_use(iommu: IntelIommu) -> tuple[int, ...]:
+    """Allocated, non-reserved DIDs (fast: a C-level scan of the bitmap)."""
+    ids = iommu.domain_ids
+    used = getattr(ids, "_used", None)
+    if not isinstance(used, bytearray):
+        return tuple(ids.in_use())
+    out: list[int] = []
+    pos = used.find(1)
+    while pos >= 0:
+        if pos not in ids.reserved:
+            out.append(pos)
+        pos = used.find(1, pos + 1)
+    return tuple(out)

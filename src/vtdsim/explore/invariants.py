@@ -1,0 +1,129 @@
+"""Invariants: properties of the whole model state checked by the explorer.
+
+An :class:`Invariant` is a named function from the workload's *world* (whatever its ``setup``
+returns) to an iterable of violation messages (empty: it holds).  ``when`` says when it runs:
+
+* ``"step"`` — at every decision (a step at which two or more threads could run) where the state
+  is *quiescent* (no logical thread holds a lock: inside a critical section the driver may
+  legitimately be halfway through an update); with ``quiescent=False`` after every step, even
+  inside critical sections;
+* ``"end"`` — once, after every thread finished;
+* ``"both"`` — both.
+
+Users add their own: ``Invariant("no-pasid-zero", lambda w: [...], when="step")`` in a workload's
+``invariants()`` (see ``examples/explore_custom.py``).
+
+The driver invariants of issue 5 (PASID entries vs. allocator, double frees, leaks, attachment
+counts, DMA after detach) are built from ``Kernel.audit()`` and ``Kernel.accounting()`` plus the
+world's own records in :mod:`vtdsim.explore.workloads`; :func:`driver_invariants` returns them.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import Any, Literal
+
+__all__ = ["Invariant", "check_all", "driver_invariants"]
+
+When = Literal["step", "end", "both"]
+
+
+@dataclass(frozen=True, slots=True)
+class Invariant:
+    """A named check of the world; returns violation messages (nothing when it holds)."""
+
+    name: str
+    check: Callable[[Any], Iterable[str]]
+    when: When = "both"
+    quiescent: bool = True
+    description: str = ""
+    #: optional: the bug name of each message (one check reporting several named invariants,
+    #: such as ``Kernel.audit()``); default: the invariant's own name
+    classify: Callable[[str], str] | None = None
+    #: the names this invariant can report (for ``only=`` filtering); default: ``(name,)``
+    names: tuple[str, ...] = ()
+
+    @property
+    def at_step(self) -> bool:
+        return self.when != "end"
+
+    @property
+    def at_end(self) -> bool:
+        return self.when != "step"
+
+    def reports(self, name: str) -> bool:
+        return name == self.name or name in self.names
+
+
+def check_all(
+    invariants: Iterable[Invariant], world: object, only: str | None = None
+) -> tuple[str, str] | None:
+    """The first violation as ``(invariant name, message)``, or None.  With ``only``, other
+    names are ignored."""
+    for inv in invariants:
+        classify = inv.classify
+        for msg in inv.check(world):
+            name = classify(msg) if classify is not None else inv.name
+            if only is None or name == only:
+                return (name, msg)
+    return None
+
+
+def driver_invariants() -> tuple[Invariant, ...]:
+    """The issue's invariants over a :class:`vtdsim.explore.adapter.DriverWorld`:
+
+    * ``use-after-free`` — a present PASID entry's PASID is allocated and owned by the domain
+      the entry points to; nothing is used after it was freed (pages, DIDs, domains);
+    * ``aux-list``, ``pasid-zero``, ``attach-count``, ``kernel-audit`` — the rest of
+      ``Kernel.audit()``: well-formed device lists, the aux path never programs PASID 0,
+      attachment counts equal the live records, DIDs and references consistent;
+    * ``dma-after-detach`` — no DMA succeeds through a domain after its detach returned
+      (recorded by the DMA actor when it happens; checked after every step);
+    * ``leak`` (end only) — no PASID or domain ID allocated that no attached domain holds.
+
+    Double frees are caught where they happen: the PASID allocator raises ``AllocatorError``
+    (reported as an exception bug of that name)."""
+    from vtdsim.explore.adapter import audit_category
+
+    def observed(w: Any) -> Iterable[str]:
+        return list(w.violations)
+
+    def step_audit(w: Any) -> Iterable[str]:
+        return [m for _c, m in w.audit(with_leaks=False)]
+
+    def end_audit(w: Any) -> Iterable[str]:
+        return [m for _c, m in w.audit(with_leaks=True)]
+
+    audit_names = (
+        "use-after-free",
+        "aux-list",
+        "pasid-zero",
+        "attach-count",
+        "kernel-audit",
+    )
+    return (
+        Invariant(
+            "dma-after-detach",
+            observed,
+            when="both",
+            quiescent=False,
+            description="no DMA succeeds through a domain after its detach returned",
+        ),
+        Invariant(
+            "kernel-audit",
+            step_audit,
+            when="step",
+            classify=audit_category,
+            names=audit_names,
+            description="Kernel.audit() without leak checks, at every quiescent step",
+        ),
+        Invariant(
+            "kernel-audit",
+            end_audit,
+            when="end",
+            classify=audit_category,
+            names=(*audit_names, "leak"),
+            description="Kernel.audit() with leak checks, at the end",
+        ),
+    )

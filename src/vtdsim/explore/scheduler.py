@@ -1,0 +1,632 @@
+"""The controlled scheduler: runs one schedule of a workload, one logical thread at a time.
+
+Design rationale
+----------------
+*Why greenlets.*  A logical thread must be suspended in the middle of driver code (inside
+``aux_domain_add_dev``, between the unlocked read of ``default_pasid`` and the allocator call) and
+resumed later, without the driver being written as a generator.  That needs stackful coroutines.
+OS threads could do it with a hand-off (one condition variable per thread), but a hand-off costs two
+kernel context switches (~10-50 us); a greenlet switch is a C stack copy (~1 us).  Exploration runs
+millions of steps, so greenlets it is; :mod:`vtdsim.explore.threads` runs the same workloads on real
+threads as a cross-check.
+
+*What a scheduling point is.*  Every operation of :mod:`vtdsim.driver.sync` — lock acquire and
+release, declared unlocked reads and writes of shared state (``shared_read``/``shared_write``), and
+``point`` (allocator entries) — calls this module's backend, which records the operation as the
+thread's *pending operation* and switches to the scheduler greenlet.  The scheduler then picks one
+*enabled* thread (a thread whose pending operation is an acquire of a lock that another thread holds
+is disabled), switches to it, the thread performs its pending operation and runs on until its next
+one.  That is one *step*; code between two points is atomic.  The driver is never patched: the
+backend is installed with ``sync.install`` for the duration of a schedule.  A step at which two or
+more threads are enabled is a *decision*; the list of choices at decisions is the schedule.
+
+*Bugs.*  No enabled thread while some are unfinished is a deadlock.  A schedule longer than the step
+budget is reported (non-termination), never a hang; a thread that runs for ``stall_s`` seconds
+without reaching a scheduling point is interrupted by a SIGALRM watchdog (main thread only).  An
+exception escaping a thread, or an invariant violation, ends the schedule with a bug that names the
+workload and the schedule.  Invariants are checked at every decision at which no lock is held (a
+*quiescent* state another thread could observe), ``quiescent=False`` ones after every step, and all
+at the end.  A violation that is repaired before any other thread can run (a step with a single
+enabled thread) is unobservable and is not reported; skipping those checks, and taking such steps
+inline without a switch to the scheduler, is what keeps the per-step cost low.
+
+*How replay works.*  Workloads are deterministic functions of the schedule: the same choices
+reproduce the same execution.  A schedule string lists the choices up to the last non-default one
+(default: keep running the previous thread if it is enabled, else the lowest-numbered enabled
+thread) plus a CRC of the operation trace; replay follows the choices, and reports a divergence if a
+listed choice is not enabled, choices are left over, or the trace hash differs (the code changed).
+Randomized strategies derive each schedule's random stream from ``(seed, schedule index)`` only, so
+any schedule of a random search is reproducible alone.
+
+*Why stateless search, and what reduction is sound.*  Model states (physical memory, driver
+objects, Python stacks inside greenlets) cannot be hashed or copied cheaply, so the search is
+stateless (VeriSoft/CHESS): each schedule re-executes from the initial world, reset by a snapshot.
+Depth-first search over decision choices is exhaustive; preemption bounding (CHESS) bounds the
+number of switches away from a still-enabled thread, which finds most concurrency bugs at bounds 1-2
+and makes "exhausted within bound b" a checkable statement.  Sleep sets (Godefroid) are the
+partial-order reduction used, with a conservative dependence relation between pending operations:
+operations on different locks commute, unlocked accesses to different objects or two reads commute,
+anything else (same lock, a write against an access to the same object, any ``point``, any lock
+operation against an unlocked access) is dependent.  Under the sync contract (all unlocked shared
+accesses declared; locked state touched only while holding its lock) this preserves every reachable
+state, hence every invariant verdict, deadlock and final state.  Sleep sets are only applied to the
+unbounded search: combined with preemption bounding they can prune the only in-bound representative
+of an equivalence class.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import signal
+import threading
+import time
+import traceback
+from collections.abc import Iterator, Sequence
+from typing import Any, Protocol
+
+from greenlet import greenlet
+
+from vtdsim.driver import sync
+from vtdsim.driver.sync import SpinLock
+from vtdsim.explore.base import Workload
+from vtdsim.explore.invariants import Invariant, check_all
+from vtdsim.explore.report import Bug, OpRecord
+from vtdsim.explore.schedule import Schedule, trace_hash
+
+__all__ = [
+    "DEFAULT_STEP_BUDGET",
+    "Chooser",
+    "Execution",
+    "Outcome",
+    "Runner",
+    "StallError",
+    "watchdog",
+]
+
+DEFAULT_STEP_BUDGET = 10_000
+
+# pending-operation kinds
+START = "start"
+ACQUIRE = "acquire"
+RELEASE = "release"
+READ = "read"
+WRITE = "write"
+POINT = "point"
+
+_MAIN = -1  # identity of code running outside logical threads (setup, invariants)
+
+
+class StallError(BaseException):
+    """Raised inside a logical thread by the watchdog: no scheduling point for too long."""
+
+
+class _Abort(BaseException):
+    """Thrown into suspended threads to unwind them when a schedule ends early."""
+
+
+class Chooser(Protocol):
+    """A strategy's per-schedule decision maker."""
+
+    def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
+        """Pick one of ``enabled`` (sorted thread indexes); ``last`` is the thread that ran the
+        previous step (-1 at the start).  Returning None abandons the schedule (pruned).
+
+        Called at decisions (two or more enabled threads) only, unless the chooser has a true
+        ``every_step`` attribute (partial-order reduction needs to see every step)."""
+
+
+class _Thread:
+    __slots__ = ("done", "error", "fn", "glet", "kind", "name", "obj", "result", "tb", "tid")
+
+    def __init__(self, tid: int, name: str, fn: Any) -> None:
+        self.tid = tid
+        self.name = name
+        self.fn = fn
+        self.glet: Any = None
+        self.kind = START
+        self.obj: Any = None
+        self.done = False
+        self.result: object = None
+        self.error: BaseException | None = None
+        self.tb: str | None = None
+
+
+class Outcome:
+    """What one schedule did (internal; strategies turn it into reports)."""
+
+    __slots__ = (
+        "bug_kind",
+        "bug_message",
+        "bug_name",
+        "choices",
+        "decisions",
+        "defaults",
+        "diverged",
+        "ex",
+        "preemptions",
+        "pruned",
+        "results",
+        "steps",
+        "tb",
+    )
+
+    def __init__(self, ex: Execution) -> None:
+        self.ex = ex
+        self.choices: list[int] = ex.choices
+        self.defaults: list[bool] = ex.defaults
+        self.decisions = len(ex.choices)
+        self.preemptions = ex.preemptions
+        self.steps = ex.steps
+        self.pruned = ex.pruned
+        self.bug_kind: str | None = ex.bug_kind
+        self.bug_name = ex.bug_name
+        self.bug_message = ex.bug_message
+        self.tb = ex.bug_tb
+        self.diverged: str | None = None
+        self.results = [t.result for t in ex.threads]
+
+    @property
+    def failed(self) -> bool:
+        return self.bug_kind is not None
+
+    def significant_choices(self) -> tuple[int, ...]:
+        """Choices up to the last non-default one (the rest replays by default)."""
+        n = len(self.defaults)
+        while n and self.defaults[n - 1]:
+            n -= 1
+        return tuple(self.choices[:n])
+
+    def schedule(self, workload: Workload, with_hash: bool = True) -> Schedule:
+        return Schedule(
+            workload.name,
+            workload.variant,
+            self.significant_choices(),
+            self.trace_hash() if with_hash else None,
+        )
+
+    def trace_hash(self) -> str:
+        return trace_hash(self.ex.named_trace())
+
+    def ops(self) -> tuple[OpRecord, ...]:
+        names = [t.name for t in self.ex.threads]
+        return tuple(
+            OpRecord(i, names[tid], f"{kind} {name}".rstrip())
+            for i, (tid, kind, name) in enumerate(self.ex.named_trace())
+        )
+
+    def bug(self, workload: Workload) -> Bug | None:
+        if self.bug_kind is None:
+            return None
+        return Bug(
+            kind=self.bug_kind,
+            name=self.bug_name,
+            message=self.bug_message,
+            workload=workload.name,
+            variant=workload.variant,
+            schedule=str(self.schedule(workload)),
+            preemptions=self.preemptions,
+            steps=self.steps,
+            ops=self.ops(),
+            traceback=self.tb,
+        )
+
+
+class Execution:
+    """One schedule of one workload; also the :class:`sync.SyncBackend` while it runs."""
+
+    def __init__(
+        self,
+        world: Any,
+        threads: Sequence[tuple[str, Any]],
+        chooser: Chooser,
+        step_invariants: Sequence[Invariant],
+        step_budget: int = DEFAULT_STEP_BUDGET,
+        only: str | None = None,
+    ) -> None:
+        self.world = world
+        self.only = only
+        self.threads = [_Thread(i, name, fn) for i, (name, fn) in enumerate(threads)]
+        self.chooser = chooser
+        self.step_invariants = step_invariants
+        self.always_invariants = [i for i in step_invariants if not i.quiescent]
+        self.step_budget = step_budget
+        self.choices: list[int] = []
+        self.defaults: list[bool] = []
+        self.preemptions = 0
+        self.steps = 0
+        self.pruned = False
+        self.held = 0
+        self.trace: list[tuple[int, str, Any]] = []
+        self.bug_kind: str | None = None
+        self.bug_name = ""
+        self.bug_message = ""
+        self.bug_tb: str | None = None
+        self._cur: _Thread | None = None
+        self._main: Any = None
+        self._aborting = False
+        self._live: list[_Thread] = []
+        self._inline = not getattr(chooser, "every_step", False)
+        self._locks: dict[int, SpinLock] = {}
+        self._objnum: dict[Any, int] = {}
+        self._keep: list[object] = []
+
+    # -- SyncBackend -----------------------------------------------------------------------------
+
+    def ident(self) -> object:
+        t = self._cur
+        return _MAIN if t is None else t.tid
+
+    def acquire(self, lock: SpinLock) -> None:
+        t = self._cur
+        if t is None or self._aborting:
+            if self._aborting:
+                raise _Abort
+            if lock.owner is not None:
+                raise sync.LockingError(f"{lock.name} is held: cannot take it outside a thread")
+            lock.owner = _MAIN
+            return
+        t.kind = ACQUIRE
+        t.obj = lock
+        self._yield(t)
+        # scheduled: the scheduler only picks us when the lock is free
+        lock.owner = t.tid
+        self.held += 1
+        self._locks[id(lock)] = lock
+
+    def release(self, lock: SpinLock) -> None:
+        t = self._cur
+        if t is None or self._aborting:
+            if lock.owner is not None and lock.owner != _MAIN:
+                self.held -= 1
+            lock.owner = None
+            return
+        t.kind = RELEASE
+        t.obj = lock
+        self._yield(t)
+        lock.owner = None
+        self.held -= 1
+
+    def access(self, label: str, key: object, write: bool) -> None:
+        t = self._cur
+        if t is None or self._aborting:
+            return
+        t.kind = WRITE if write else READ
+        t.obj = (label, key)
+        self._yield(t)
+
+    def point(self, label: str) -> None:
+        t = self._cur
+        if t is None or self._aborting:
+            return
+        t.kind = POINT
+        t.obj = label
+        self._yield(t)
+
+    def _yield(self, t: _Thread) -> None:
+        """End the current step.  Fast path: when no other thread could run next (all others
+        finished or blocked on a held lock) and the step needs no decision, take the next step
+        inline, without switching to the scheduler (same trace, same checks)."""
+        if self._inline:
+            if t.kind is ACQUIRE and t.obj.owner is not None:
+                self._main.switch()
+                return
+            for u in self._live:
+                if u is not t and (u.kind is not ACQUIRE or u.obj.owner is None):
+                    self._main.switch()
+                    return
+            if self.steps >= self.step_budget:
+                self._main.switch()
+                return
+            for inv in self.always_invariants:
+                for _msg in inv.check(self.world):
+                    self._main.switch()
+                    return
+            self.steps += 1
+            self.trace.append((t.tid, t.kind, t.obj))
+            return
+        self._main.switch()
+
+    # -- the scheduler loop ----------------------------------------------------------------------
+
+    def _body(self, t: _Thread) -> Any:
+        def run() -> None:
+            try:
+                t.result = t.fn()
+            except _Abort:
+                pass
+            except StallError as e:
+                t.error = e
+                t.tb = traceback.format_exc()
+            except Exception as e:
+                t.error = e
+                t.tb = traceback.format_exc()
+            t.done = True
+
+        return run
+
+    def run(self) -> Execution:
+        main = greenlet.getcurrent()
+        self._main = main
+        for t in self.threads:
+            t.glet = greenlet(self._body(t), main)
+        live = list(self.threads)
+        self._live = live
+        previous = sync.install(self)
+        global _running
+        _running = self
+        try:
+            self._loop(live)
+        finally:
+            _running = None
+            self._kill(live)
+            sync.install(previous)
+            for lock in self._locks.values():
+                lock.owner = None
+        return self
+
+    def _loop(self, live: list[_Thread]) -> None:
+        last = -1
+        step_invs = self.step_invariants
+        always = self.always_invariants
+        budget = self.step_budget
+        chooser = self.chooser
+        choices = self.choices
+        defaults = self.defaults
+        trace = self.trace
+        every_step = getattr(chooser, "every_step", False)
+        while live:
+            enabled = [t for t in live if t.kind is not ACQUIRE or t.obj.owner is None]
+            if not enabled:
+                self._bug(
+                    "deadlock",
+                    "deadlock",
+                    "no enabled thread; blocked: "
+                    + ", ".join(f"{t.name} waits for {t.obj.name}" for t in live),
+                )
+                return
+            if len(enabled) == 1 and not every_step:
+                if always and self._check_step(always):
+                    return
+                t = enabled[0]
+            else:
+                if step_invs and self._check_step(step_invs if self.held == 0 else always):
+                    return
+                tids = [e.tid for e in enabled]
+                tid = chooser.choose(self, tids, last)
+                if tid is None:
+                    self.pruned = self.bug_kind is None
+                    return
+                if tid not in tids:
+                    self._bug(
+                        "divergence",
+                        "divergence",
+                        f"decision {len(choices)}: thread {tid} is not enabled "
+                        f"(enabled: {tids}): the execution does not follow its schedule; the "
+                        "workload is nondeterministic or the code changed since the schedule "
+                        "was recorded",
+                    )
+                    return
+                if len(tids) > 1:
+                    last_enabled = last in tids
+                    choices.append(tid)
+                    defaults.append(tid == (last if last_enabled else tids[0]))
+                    if last_enabled and tid != last:
+                        self.preemptions += 1
+                t = self.threads[tid]
+            self.steps += 1
+            if self.steps > budget:
+                self._bug(
+                    "step-budget",
+                    "step-budget",
+                    f"schedule did not terminate within {budget} steps",
+                )
+                return
+            trace.append((t.tid, t.kind, t.obj))
+            self._cur = t
+            t.glet.switch()
+            self._cur = None
+            if t.done:
+                live.remove(t)
+                if t.error is not None:
+                    e = t.error
+                    kind = "stall" if isinstance(e, StallError) else "exception"
+                    self.bug_tb = t.tb
+                    self._bug(kind, type(e).__name__, f"thread {t.name}: {e}")
+                    return
+            last = t.tid
+
+    def _check_step(self, invs: Sequence[Invariant]) -> bool:
+        try:
+            v = check_all(invs, self.world, self.only)
+        except Exception as e:
+            self.bug_tb = traceback.format_exc()
+            self._bug("exception", type(e).__name__, f"an invariant raised: {e}")
+            return True
+        if v is not None:
+            self._bug("invariant", v[0], v[1])
+            return True
+        return False
+
+    def _bug(self, kind: str, name: str, message: str) -> None:
+        self.bug_kind = kind
+        self.bug_name = name
+        self.bug_message = message
+
+    def _kill(self, live: list[_Thread]) -> None:
+        self._aborting = True
+        try:
+            for t in live:
+                g = t.glet
+                if g is not None and g and not g.dead:
+                    self._cur = t
+                    with contextlib.suppress(_Abort):
+                        g.throw(_Abort)
+        finally:
+            self._cur = None
+            self._aborting = False
+
+    def diverge(self, message: str) -> None:
+        """Called by a chooser that sees the execution leave its recorded schedule."""
+        self._bug("divergence", "divergence", message)
+
+    def pending_kinds(self, tids: Sequence[int]) -> tuple[tuple[int, str], ...]:
+        """``(thread, pending operation kind)`` of ``tids`` (cheap determinism fingerprint)."""
+        threads = self.threads
+        return tuple((t, threads[t].kind) for t in tids)
+
+    # -- naming (reports, hashes, partial-order reduction) ---------------------------------------
+
+    def _num(self, key: Any, obj: object) -> int:
+        n = self._objnum.get(key)
+        if n is None:
+            n = len(self._objnum)
+            self._objnum[key] = n
+            self._keep.append(obj)
+        return n
+
+    def op_signature(self, tid: int) -> tuple[str, int]:
+        """A schedule-independent name of thread ``tid``'s pending operation: kind and the
+        first-appearance number of its object (lock, or accessed (label, key))."""
+        t = self.threads[tid]
+        kind = t.kind
+        obj = t.obj
+        if kind is ACQUIRE or kind is RELEASE:
+            return (kind, self._num(("L", id(obj)), obj))
+        if kind is READ or kind is WRITE:
+            label, key = obj
+            return (kind, self._num(("A", label, _keyid(key)), key))
+        return (kind, -1)
+
+    def named_trace(self) -> list[tuple[int, str, str]]:
+        numbering: dict[Any, str] = {}
+        seen_names: dict[str, int] = {}
+        out: list[tuple[int, str, str]] = []
+        for tid, kind, obj in self.trace:
+            if kind is ACQUIRE or kind is RELEASE:
+                k: Any = id(obj)
+                base = obj.name
+            elif kind is READ or kind is WRITE:
+                k = (obj[0], _keyid(obj[1]))
+                base = obj[0]
+            elif kind is POINT:
+                out.append((tid, kind, str(obj)))
+                continue
+            else:
+                out.append((tid, kind, ""))
+                continue
+            name = numbering.get(k)
+            if name is None:
+                n = seen_names.get(base, 0)
+                seen_names[base] = n + 1
+                name = base if n == 0 else f"{base}#{n}"
+                numbering[k] = name
+            out.append((tid, kind, name))
+        return out
+
+
+def _keyid(key: object) -> object:
+    if key is None or isinstance(key, int | str | bytes | float | tuple):
+        return key
+    return id(key)
+
+
+_running: Execution | None = None
+
+
+class Runner:
+    """Runs schedules of one workload: world reset, invariants, budget."""
+
+    def __init__(
+        self,
+        workload: Workload,
+        *,
+        step_budget: int = DEFAULT_STEP_BUDGET,
+        step_checks: bool = True,
+        only: str | None = None,
+    ) -> None:
+        self.workload = workload
+        self.step_budget = step_budget
+        self.only = only
+        invs = tuple(workload.invariants())
+        if only is not None:
+            invs = tuple(i for i in invs if i.reports(only))
+        self.step_invariants = tuple(i for i in invs if i.at_step) if step_checks else ()
+        self.end_invariants = tuple(i for i in invs if i.at_end)
+        self._world: Any = None
+        self._snap: object | None = None
+        self._dirty = False
+        self.executions = 0
+        self.total_steps = 0
+
+    def fresh_world(self) -> Any:
+        wl = self.workload
+        if self._world is None:
+            self._world = wl.setup()
+            self._snap = wl.snapshot(self._world)
+        elif self._dirty:
+            if self._snap is None:
+                self._world = wl.setup()
+            else:
+                self._world = wl.restore(self._world, self._snap)
+        self._dirty = True
+        return self._world
+
+    def execute(self, chooser: Chooser) -> Outcome:
+        wl = self.workload
+        world = self.fresh_world()
+        ex = Execution(
+            world, wl.threads(world), chooser, self.step_invariants, self.step_budget, self.only
+        )
+        ex.run()
+        self.executions += 1
+        self.total_steps += ex.steps
+        if ex.bug_kind is None and not ex.pruned:
+            self._end_checks(ex, world)
+        return Outcome(ex)
+
+    def _end_checks(self, ex: Execution, world: Any) -> None:
+        try:
+            v = check_all(self.end_invariants, world, self.only)
+            if v is not None:
+                ex._bug("invariant", v[0], v[1])
+                return
+            if self.only is not None and self.only != f"{self.workload.name}-end":
+                return
+            msgs = list(self.workload.check_end(world, [t.result for t in ex.threads]))
+            if msgs:
+                ex._bug("invariant", f"{self.workload.name}-end", msgs[0])
+        except Exception as e:
+            ex.bug_tb = traceback.format_exc()
+            ex._bug("exception", type(e).__name__, f"end check raised: {e}")
+
+
+@contextlib.contextmanager
+def watchdog(stall_s: float | None) -> Iterator[None]:
+    """Interrupt a logical thread that runs ``stall_s`` seconds without a scheduling point
+    (SIGALRM; only effective in the main thread of the main interpreter)."""
+    if (
+        not stall_s
+        or threading.current_thread() is not threading.main_thread()
+        or not hasattr(signal, "setitimer")
+    ):
+        yield
+        return
+    seen: list[Any] = [None, -1, time.monotonic()]
+
+    def handler(signum: int, frame: object) -> None:
+        ex = _running
+        if ex is None or ex._cur is None:
+            seen[0] = None
+            return
+        if seen[0] is ex and seen[1] == ex.steps:
+            raise StallError(f"no scheduling point for {stall_s:g} s")
+        seen[0] = ex
+        seen[1] = ex.steps
+
+    old = signal.signal(signal.SIGALRM, handler)
+    signal.setitimer(signal.ITIMER_REAL, stall_s, stall_s)
+    try:
+        yield
+    finally:
+        signal.setitimer(signal.ITIMER_REAL, 0, 0)
+        signal.signal(signal.SIGALRM, old)

@@ -1,0 +1,624 @@
+"""Search strategies: which schedules to run, in which order.
+
+* ``dfs`` — stateless depth-first search over all schedules (exhaustive for small workloads);
+  ``por=True`` adds sleep sets (partial-order reduction; see :mod:`vtdsim.explore.scheduler` for
+  the dependence relation and why it is sound).
+* ``pb`` — iterative preemption bounding: DFS restricted to schedules with at most *b* preemptions
+  for b = 0, 1, ..., ``bound``.  Each round reports "exhausted within bound b: N schedules"; the
+  first bug found has the minimal number of preemptions.  A round in which the bound never cut a
+  branch has covered every schedule: the search stops there, exhausted without bound.
+* ``pct`` — probabilistic concurrency testing (Burckhardt et al., ASPLOS 2010): random distinct
+  thread priorities, ``depth - 1`` priority-change points; seeded.
+* ``random`` — uniform random choice among enabled threads at each decision; seeded.
+
+Randomized strategies seed schedule *i* with ``(strategy, seed, i)`` only, so results do not depend
+on how the schedules are split among workers, and any schedule is reproducible alone.
+
+The DFS is written as segments so that :mod:`vtdsim.explore.parallel` can split it: a search can
+stop at a fixed depth and hand out the frontier nodes (schedule prefixes, with their sleep sets) as
+independent subtrees whose results merge to exactly the single-process result.
+"""
+
+from __future__ import annotations
+
+import random
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from vtdsim.errors import ArgumentError
+from vtdsim.explore.base import Workload
+from vtdsim.explore.report import BoundResult, Bug, ExplorationResult
+from vtdsim.explore.scheduler import (
+    ACQUIRE,
+    DEFAULT_STEP_BUDGET,
+    POINT,
+    READ,
+    RELEASE,
+    START,
+    WRITE,
+    Execution,
+    Outcome,
+    Runner,
+    watchdog,
+)
+
+__all__ = [
+    "STRATEGIES",
+    "DefaultChooser",
+    "DfsChooser",
+    "PctChooser",
+    "RandomChooser",
+    "ReplayChooser",
+    "Segment",
+    "explore",
+    "independent",
+]
+
+STRATEGIES = ("dfs", "pb", "pct", "random")
+
+#: ``progress(schedules_done, label)``: called every ``PROGRESS_EVERY`` schedules
+Progress = Callable[[int, str], None]
+PROGRESS_EVERY = 64
+
+Sig = tuple[str, int]
+
+_LOCK_KINDS = (ACQUIRE, RELEASE)
+_ACCESS_KINDS = (READ, WRITE)
+
+
+def independent(a: Sig, b: Sig) -> bool:
+    """The dependence relation of sleep sets (conservative): operations on different locks
+    commute; unlocked accesses commute if they touch different objects or both read; everything
+    else (same lock, ``point``, thread start, lock vs. unlocked access) is dependent."""
+    ka, oa = a
+    kb, ob = b
+    if ka in _LOCK_KINDS and kb in _LOCK_KINDS:
+        return oa != ob
+    if ka in _ACCESS_KINDS and kb in _ACCESS_KINDS:
+        return oa != ob or (ka == READ and kb == READ)
+    return False
+
+
+assert POINT and START  # re-exported kinds are part of the dependence relation's domain
+
+
+# ---------------------------------------------------------------------------------------------
+# choosers
+# ---------------------------------------------------------------------------------------------
+
+
+class DefaultChooser:
+    """Non-preemptive: keep running the last thread while it is enabled, else the lowest."""
+
+    every_step = False
+
+    def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
+        return last if last in enabled else enabled[0]
+
+
+class ReplayChooser:
+    """Follow recorded choices, then the default."""
+
+    every_step = False
+
+    def __init__(self, choices: Sequence[int]) -> None:
+        self.choices = choices
+        self.i = 0
+
+    def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
+        i = self.i
+        self.i = i + 1
+        if i < len(self.choices):
+            return self.choices[i]
+        return last if last in enabled else enabled[0]
+
+
+class RandomChooser:
+    """Uniformly random among enabled threads."""
+
+    every_step = False
+
+    def __init__(self, seed: int, index: int) -> None:
+        self.rng = random.Random(f"random:{seed}:{index}")
+
+    def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
+        return enabled[self.rng.randrange(len(enabled))] if len(enabled) > 1 else enabled[0]
+
+
+class PctChooser:
+    """PCT: highest-priority enabled thread runs; at ``depth - 1`` random decision indexes the
+    running thread's priority drops below every initial priority."""
+
+    every_step = False
+
+    def __init__(self, nthreads: int, depth: int, k: int, seed: int, index: int) -> None:
+        rng = random.Random(f"pct:{seed}:{index}")
+        prio = list(range(depth, depth + nthreads))
+        rng.shuffle(prio)
+        self.prio = prio
+        k = max(k, depth)
+        points = rng.sample(range(1, k + 1), depth - 1) if depth > 1 else []
+        self.change = {p: depth - 1 - j for j, p in enumerate(sorted(points))}
+        self.i = 0
+
+    def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
+        self.i += 1
+        low = self.change.get(self.i)
+        if low is not None and last >= 0:
+            self.prio[last] = low
+        best = enabled[0]
+        for t in enabled:
+            if self.prio[t] > self.prio[best]:
+                best = t
+        return best
+
+
+@dataclass(slots=True)
+class _Node:
+    cands: list[int]
+    idx: int
+    sleep: dict[int, Sig]
+    done: dict[int, Sig]
+    sigs: dict[int, Sig]
+    seen: tuple[tuple[int, str], ...] = ()  # enabled threads and their pending operation kinds
+
+    def freeze(self) -> NodeState:
+        return NodeState(
+            tuple(self.cands),
+            self.idx,
+            tuple(sorted(self.sleep.items())),
+            tuple(sorted(self.done.items())),
+            tuple(sorted(self.sigs.items())),
+            self.seen,
+        )
+
+
+@dataclass(frozen=True, slots=True)
+class NodeState:
+    """A picklable DFS node (for handing subtrees to workers)."""
+
+    cands: tuple[int, ...]
+    idx: int
+    sleep: tuple[tuple[int, Sig], ...]
+    done: tuple[tuple[int, Sig], ...]
+    sigs: tuple[tuple[int, Sig], ...]
+    seen: tuple[tuple[int, str], ...] = ()
+
+    def thaw(self) -> _Node:
+        return _Node(
+            list(self.cands),
+            self.idx,
+            dict(self.sleep),
+            dict(self.done),
+            dict(self.sigs),
+            self.seen,
+        )
+
+
+class DfsChooser:
+    """One execution of the DFS: replays the stack, then extends it with new nodes."""
+
+    def __init__(self, search: _Dfs) -> None:
+        self.search = search
+        self.i = 0
+        self.every_step = search.por
+
+    def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
+        s = self.search
+        i = self.i
+        self.i = i + 1
+        stack = s.stack
+        por = s.por
+        sigs = {t: ex.op_signature(t) for t in enabled} if por else {}
+        seen = ex.pending_kinds(enabled)
+        if i < len(stack):
+            node = stack[i]
+            if node.seen != seen:
+                ex.diverge(
+                    f"step {i} of the DFS prefix: enabled threads and pending operations "
+                    f"{list(seen)} differ from the recorded {list(node.seen)}: the workload is "
+                    "nondeterministic (same schedule, different execution)"
+                )
+                return None
+            return node.cands[node.idx]
+        if s.truncate is not None and i >= s.truncate:
+            s.truncated = True
+            return None
+        sleep: dict[int, Sig] = {}
+        if por:
+            if i == 0:
+                sleep = dict(s.root_sleep)
+            else:
+                parent = stack[i - 1]
+                t = parent.cands[parent.idx]
+                tsig = parent.sigs[t]
+                base = dict(parent.sleep)
+                base.update(parent.done)
+                sleep = {u: g for u, g in base.items() if u != t and independent(g, tsig)}
+        order = [last, *(t for t in enabled if t != last)] if last in enabled else list(enabled)
+        if sleep:
+            order = [t for t in order if t not in sleep]
+        bound = s.bound
+        if bound is not None and len(order) > 1 and last in enabled and ex.preemptions >= bound:
+            s.bound_hit = True
+            order = [t for t in order if t == last]
+        if not order:
+            return None
+        stack.append(_Node(order, 0, sleep, {}, sigs, seen))
+        return order[0]
+
+
+@dataclass(slots=True)
+class Segment:
+    """Results of a run of consecutive schedules (a whole search, or one subtree/seed range)."""
+
+    schedules: int = 0
+    pruned: int = 0
+    steps: int = 0
+    bound_hit: bool = False
+    complete: bool = True
+    bugs: list[tuple[int, Bug]] = field(default_factory=list)
+    want: tuple[str, str] | str | None = None
+    #: set when a work budget stopped the search early: the DFS stack to resume from
+    cont: tuple[NodeState, ...] | None = None
+
+    def add(self, out: Outcome, runner: Runner, stop_on_bug: bool) -> bool:
+        """Count an outcome; True when the search should stop.  With ``want`` set, only a bug
+        of that signature counts (shrinking)."""
+        if out.pruned:
+            self.pruned += 1
+            self.steps += out.steps
+            return False
+        self.schedules += 1
+        self.steps += out.steps
+        want = self.want
+        if out.failed and (
+            want is None
+            or (
+                out.bug_name == want
+                if isinstance(want, str)
+                else (out.bug_kind, out.bug_name) == want
+            )
+        ):
+            bug = out.bug(runner.workload)
+            assert bug is not None
+            if all(b.signature != bug.signature for _i, b in self.bugs):
+                self.bugs.append((self.schedules, bug))
+            if stop_on_bug:
+                return True
+        return False
+
+
+class _Dfs:
+    def __init__(
+        self,
+        runner: Runner,
+        *,
+        bound: int | None,
+        por: bool,
+        stack: list[_Node] | None = None,
+        truncate: int | None = None,
+        root_sleep: dict[int, Sig] | None = None,
+    ) -> None:
+        self.runner = runner
+        self.bound = bound
+        self.por = por
+        self.stack: list[_Node] = stack or []
+        self.floor = len(self.stack)
+        self.truncate = truncate
+        self.truncated = False
+        self.bound_hit = False
+        self.root_sleep = root_sleep or {}
+        self.progress: Progress | None = None
+        self.label = "dfs" if bound is None else f"bound {bound}"
+
+    def advance(self) -> bool:
+        stack = self.stack
+        while len(stack) > self.floor:
+            node = stack[-1]
+            if node.idx + 1 < len(node.cands):
+                if self.por:
+                    t = node.cands[node.idx]
+                    node.done[t] = node.sigs[t]
+                node.idx += 1
+                return True
+            stack.pop()
+        return False
+
+    def run(
+        self,
+        seg: Segment,
+        stop_on_bug: bool,
+        max_schedules: int | None,
+        frontier: list[tuple[tuple[int, int], tuple[NodeState, ...]]] | None = None,
+        budget: int | None = None,
+    ) -> Segment:
+        """Run the (sub)tree.  With ``truncate`` set, executions reaching that depth are
+        recorded in ``frontier`` (position in the schedule order, prefix nodes) instead.
+        With ``budget``, stop after that many schedules and leave the DFS stack to resume
+        from in ``seg.cont`` (work splitting)."""
+        runner = self.runner
+        while True:
+            self.truncated = False
+            out = runner.execute(DfsChooser(self))
+            if self.truncated and frontier is not None:
+                pos = (seg.schedules, seg.pruned)
+                frontier.append((pos, tuple(n.freeze() for n in self.stack)))
+            elif seg.add(out, runner, stop_on_bug):
+                seg.complete = False
+                break
+            if self.progress is not None and seg.schedules % PROGRESS_EVERY == 0:
+                self.progress(seg.schedules, self.label)
+            if max_schedules is not None and seg.schedules >= max_schedules:
+                seg.complete = not self.advance()
+                break
+            if not self.advance():
+                break
+            if budget is not None and seg.schedules >= budget:
+                seg.cont = tuple(n.freeze() for n in self.stack)
+                break
+        seg.bound_hit = seg.bound_hit or self.bound_hit
+        return seg
+
+
+def run_dfs_subtree(
+    runner: Runner,
+    bound: int | None,
+    por: bool,
+    prefix: tuple[NodeState, ...],
+    stop_on_bug: bool,
+    max_schedules: int | None,
+    floor: int | None = None,
+    budget: int | None = None,
+) -> Segment:
+    """Explore the subtree below ``prefix`` (the unit of work of parallel DFS): nodes below
+    ``floor`` (default: all of ``prefix``) are fixed; ``budget`` stops early with a
+    continuation in ``Segment.cont``."""
+    dfs = _Dfs(runner, bound=bound, por=por, stack=[n.thaw() for n in prefix])
+    if floor is not None:
+        dfs.floor = floor
+    return dfs.run(Segment(want=runner.only), stop_on_bug, max_schedules, budget=budget)
+
+
+def split_continuation(
+    cont: tuple[NodeState, ...], floor: int
+) -> tuple[tuple[NodeState, ...], list[tuple[NodeState, ...]]]:
+    """Work stealing on a DFS continuation: the untried alternatives of the shallowest node
+    that has some become separate subtrees (the largest pieces of the remaining work); the
+    continuation keeps the rest.  Returns ``(continuation, stolen)`` in DFS order (the
+    continuation's work comes first)."""
+    for i in range(floor, len(cont)):
+        n = cont[i]
+        # the path (or, at the top, the next schedule) goes through n.cands[n.idx]
+        first = n.idx + 1
+        if first >= len(n.cands):
+            continue
+        sigs = dict(n.sigs)
+        stolen: list[tuple[NodeState, ...]] = []
+        for j in range(first, len(n.cands)):
+            done = dict(n.done)
+            for c in n.cands[n.idx : j]:
+                if c in sigs:
+                    done[c] = sigs[c]
+            node = NodeState(n.cands, j, n.sleep, tuple(sorted(done.items())), n.sigs, n.seen)
+            stolen.append((*cont[:i], node))
+        kept = NodeState(n.cands[:first], n.idx, n.sleep, n.done, n.sigs, n.seen)
+        return ((*cont[:i], kept, *cont[i + 1 :]), stolen)
+    return (cont, [])
+
+
+def run_seeds(
+    runner: Runner,
+    strategy: str,
+    seed: int,
+    start: int,
+    stop: int,
+    depth: int,
+    k: int,
+    stop_on_bug: bool,
+    progress: Progress | None = None,
+) -> Segment:
+    """Schedules ``start..stop-1`` of a randomized strategy."""
+    seg = Segment(want=runner.only)
+    nthreads = len(runner.workload.threads(runner.fresh_world()))
+    runner._dirty = True
+    for i in range(start, stop):
+        chooser: Any
+        if strategy == "pct":
+            chooser = PctChooser(nthreads, depth, k, seed, i)
+        else:
+            chooser = RandomChooser(seed, i)
+        out = runner.execute(chooser)
+        if seg.add(out, runner, stop_on_bug):
+            seg.complete = False
+            break
+        if progress is not None and seg.schedules % PROGRESS_EVERY == 0:
+            progress(seg.schedules, strategy)
+    return seg
+
+
+def pct_k(runner: Runner) -> int:
+    """PCT's step estimate: decisions of the default (non-preemptive) schedule, at least 1."""
+    out = runner.execute(DefaultChooser())
+    return max(1, out.steps)
+
+
+# ---------------------------------------------------------------------------------------------
+# the entry point
+# ---------------------------------------------------------------------------------------------
+
+
+def explore(
+    workload: Workload,
+    strategy: str = "pb",
+    *,
+    bound: int | None = None,
+    por: bool = False,
+    depth: int = 3,
+    seed: int = 0,
+    schedules: int | None = None,
+    stop_on_bug: bool = True,
+    step_budget: int = DEFAULT_STEP_BUDGET,
+    step_checks: bool = True,
+    shrink: bool = True,
+    stall_s: float | None = 10.0,
+    only: str | None = None,
+    progress: Progress | None = None,
+) -> ExplorationResult:
+    """Search the schedules of ``workload`` with ``strategy`` (single process).
+
+    ``bound``: for ``pb`` the largest preemption bound (default 3); for ``dfs`` ignored (use
+    ``pb``).  ``schedules``: cap on executed schedules (default: unlimited for ``dfs``/``pb``,
+    1000 for ``pct``/``random``).  ``stop_on_bug``: stop at the first bug (default), else collect
+    one bug per distinct signature.  ``shrink``: minimize bugs found by ``pct``/``random``.
+    ``only``: look for one bug name only (an invariant name, ``deadlock``, or an exception type
+    such as ``AllocatorError``): other invariants are not checked and other bugs are ignored.
+    ``progress(schedules, label)`` is called every few dozen schedules (progress displays).
+    """
+    if strategy not in STRATEGIES:
+        raise ArgumentError("strategy", strategy, f"one of {', '.join(STRATEGIES)}")
+    if por and strategy != "dfs":
+        raise ArgumentError("por", por, "only with strategy 'dfs' (unbounded search)")
+    runner = Runner(workload, step_budget=step_budget, step_checks=step_checks, only=only)
+    t0 = time.perf_counter()
+    with watchdog(stall_s):
+        if strategy in ("dfs", "pb"):
+            result = _explore_dfs(runner, strategy, bound, por, schedules, stop_on_bug, progress)
+        else:
+            result = _explore_random(
+                runner, strategy, seed, depth, schedules or 1000, stop_on_bug, shrink, progress
+            )
+    elapsed = time.perf_counter() - t0
+    return _with_elapsed(result, elapsed)
+
+
+def _with_elapsed(r: ExplorationResult, elapsed: float) -> ExplorationResult:
+    from dataclasses import replace
+
+    return replace(r, elapsed_s=elapsed)
+
+
+def _explore_dfs(
+    runner: Runner,
+    strategy: str,
+    bound: int | None,
+    por: bool,
+    max_schedules: int | None,
+    stop_on_bug: bool,
+    progress: Progress | None = None,
+) -> ExplorationResult:
+    bounds: list[int | None] = (
+        [None] if strategy == "dfs" else list(range((3 if bound is None else bound) + 1))
+    )
+    per: list[BoundResult] = []
+    segs: list[Segment] = []
+    for b in bounds:
+        dfs = _Dfs(runner, bound=b, por=por)
+        dfs.progress = progress
+        seg = dfs.run(Segment(want=runner.only), stop_on_bug, max_schedules)
+        segs.append(seg)
+        if b is not None:
+            per.append(BoundResult(b, seg.schedules, seg.complete, bool(seg.bugs)))
+        if seg.bugs and stop_on_bug:
+            break
+        if b is not None and seg.complete and not seg.bound_hit:
+            break  # the bound never cut a branch: everything was explored
+    return make_dfs_result(runner.workload, strategy, bound, por, per, segs, runner.only)
+
+
+def make_dfs_result(
+    workload: Workload,
+    strategy: str,
+    bound: int | None,
+    por: bool,
+    per: list[BoundResult],
+    segs: list[Segment],
+    only: str | None = None,
+) -> ExplorationResult:
+    last = segs[-1]
+    # first occurrence of each bug signature, earliest round first (fewest preemptions)
+    bugs: list[Bug] = []
+    first_at: int | None = None
+    before = 0
+    for seg in segs:
+        for i, b in seg.bugs:
+            if all(x.signature != b.signature for x in bugs):
+                bugs.append(b)
+                if first_at is None:
+                    first_at = before + i
+        before += seg.schedules
+    exhausted = last.complete and not last.bugs
+    if strategy == "pb":
+        eff_bound: int | None = per[-1].bound if per else bound
+        unbounded = last.complete and not last.bound_hit
+    else:
+        eff_bound = None
+        unbounded = exhausted
+    params: tuple[tuple[str, Any], ...] = (("bound", bound), ("por", por))
+    if only is not None:
+        params += (("only", only),)
+    return ExplorationResult(
+        workload=workload.name,
+        variant=workload.variant,
+        strategy=strategy,
+        parameters=params,
+        schedules=last.schedules,
+        steps=sum(s.steps for s in segs),
+        pruned=last.pruned,
+        exhausted=exhausted,
+        bound=eff_bound,
+        per_bound=tuple(per),
+        bugs=tuple(bugs),
+        schedules_to_first_bug=first_at,
+        exhausted_unbounded=unbounded and not last.bugs,
+    )
+
+
+def _explore_random(
+    runner: Runner,
+    strategy: str,
+    seed: int,
+    depth: int,
+    n: int,
+    stop_on_bug: bool,
+    shrink: bool,
+    progress: Progress | None = None,
+) -> ExplorationResult:
+    k = pct_k(runner) if strategy == "pct" else 0
+    seg = run_seeds(runner, strategy, seed, 0, n, depth, k, stop_on_bug, progress)
+    return make_random_result(runner, strategy, seed, depth, n, seg, shrink)
+
+
+def make_random_result(
+    runner: Runner,
+    strategy: str,
+    seed: int,
+    depth: int,
+    n: int,
+    seg: Segment,
+    shrink: bool,
+) -> ExplorationResult:
+    bugs = [b for _i, b in seg.bugs]
+    if shrink and bugs:
+        from vtdsim.explore.shrink import shrink_bug
+
+        bugs = [shrink_bug(runner, b) for b in bugs]
+    params: tuple[tuple[str, Any], ...] = (("seed", seed), ("schedules", n))
+    if strategy == "pct":
+        params += (("depth", depth),)
+    return ExplorationResult(
+        workload=runner.workload.name,
+        variant=runner.workload.variant,
+        strategy=strategy,
+        parameters=params,
+        schedules=seg.schedules,
+        steps=seg.steps,
+        pruned=0,
+        exhausted=False,
+        bound=None,
+        per_bound=(),
+        bugs=tuple(bugs),
+        schedules_to_first_bug=seg.bugs[0][0] if seg.bugs else None,
+    )

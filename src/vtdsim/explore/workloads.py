@@ -1,0 +1,186 @@
+"""Built-in workloads (a)-(d): the 2019 review's race questions, runnable on the corrected
+driver and on the historical v5 variant (``Kernel(platform, aux_variant=...)``).
+
+=====  ===========================================================================  ============
+name   threads                                                                      v5 target
+=====  ===========================================================================  ============
+``a``  the final aux detach of D from dev0  ||  a new aux attach of D to dev1        use-after-free
+``b``  first aux attach of a fresh D to dev0  ||  first aux attach of D to dev2      leak
+``c``  final detach of D from dev0  ||  attach of D to dev1 that fails (injected     AllocatorError
+       domain-ID failure on dmar1)  ||  attach of D to dev2                          (double free)
+``d``  the final detach of D from dev0  ||  two DMAs of dev0 tagged D's PASID         (none)
+=====  ===========================================================================  ============
+
+Each workload's ``target`` names the bug the review predicted; ``explore(..., only=target)``
+looks for that bug alone (on v5 other defects fire too: one ``domain->auxd`` node per domain
+corrupts the device lists as soon as a domain serves two devices, which ``aux-list`` reports).
+
+Invariants (:func:`vtdsim.explore.invariants.driver_invariants`) are checked after every
+quiescent step and at the end; each workload adds end checks of its own (the attach that must
+fail fails, an attached device can DMA through its domain, a detached one cannot).
+
+World reset: the platform and kernel are built once per process and restored in place before
+each schedule (:class:`vtdsim.explore.snapshot.GraphSnapshot`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Sequence
+from typing import Any, ClassVar
+
+from vtdsim.explore import toys as _toys
+from vtdsim.explore.adapter import DriverWorld, errno_name
+from vtdsim.explore.base import ThreadFn, Workload, register
+from vtdsim.explore.invariants import Invariant, driver_invariants
+from vtdsim.explore.snapshot import GraphSnapshot
+
+__all__ = ["BUILTIN", "DriverWorkload", "WorkloadA", "WorkloadB", "WorkloadC", "WorkloadD"]
+
+assert _toys  # registers the toy workloads
+
+#: the built-in driver workloads
+BUILTIN = ("a", "b", "c", "d")
+
+
+class DriverWorkload(Workload):
+    """Base of the built-in driver workloads: a :class:`DriverWorld`, the driver invariants,
+    snapshot reset."""
+
+    variants: ClassVar[tuple[str, ...]] = ("corrected", "v5")
+    #: the bug the review predicted on v5 (an invariant name or an exception type)
+    target: ClassVar[str] = ""
+
+    def setup(self) -> DriverWorld:
+        w = DriverWorld(self.variant)
+        self.prepare(w)
+        return w
+
+    def prepare(self, w: DriverWorld) -> None:
+        """Initial state before the threads run (domains, attachments)."""
+
+    def invariants(self) -> Sequence[Invariant]:
+        return driver_invariants()
+
+    def snapshot(self, world: DriverWorld) -> object | None:
+        return world.snapshot()
+
+    def restore(self, world: DriverWorld, snap: object) -> DriverWorld:
+        assert isinstance(snap, GraphSnapshot)
+        snap.restore()
+        return world
+
+
+def _attached(w: DriverWorld, dom: Any, dev: int) -> Iterable[str]:
+    """An aux-attached device reaches its domain through the domain's PASID."""
+    p = w.pasid(dom, dev)
+    if p <= 0:
+        yield f"{dom!r} is aux-attached to dev{dev} but aux_get_pasid fails ({errno_name(p)})"
+    elif not w.dma(dom, dev, p):
+        yield f"dev{dev}'s DMA with {dom!r}'s PASID {p} faults although it is attached"
+
+
+def _detached(w: DriverWorld, dom: Any, dev: int, pasid: int) -> Iterable[str]:
+    if pasid > 0 and w.dma(dom, dev, pasid):
+        yield f"dev{dev}'s DMA with PASID {pasid} still succeeds after the detach of {dom!r}"
+
+
+@register("a")
+class WorkloadA(DriverWorkload):
+    description = "the final aux detach on one device racing a new aux attach on another"
+    target = "use-after-free"
+
+    def prepare(self, w: DriverWorld) -> None:
+        w.dom = w.new_domain()
+        assert w.attach(w.dom, 0) == 0
+        w.pasid0 = w.pasid(w.dom, 0)
+
+    def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
+        return [
+            ("detach-dev0", lambda: w.detach(w.dom, 0)),
+            ("attach-dev1", lambda: w.attach(w.dom, 1)),
+        ]
+
+    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+        if results[0] != 0:
+            yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
+        yield from _detached(w, w.dom, 0, w.pasid0)
+        if results[1] == 0:
+            yield from _attached(w, w.dom, 1)
+
+
+@register("b")
+class WorkloadB(DriverWorkload):
+    description = "two first aux attaches of a fresh domain on two devices"
+    target = "leak"
+
+    def prepare(self, w: DriverWorld) -> None:
+        w.dom = w.new_domain()
+
+    def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
+        return [
+            ("attach-dev0", lambda: w.attach(w.dom, 0)),
+            ("attach-dev2", lambda: w.attach(w.dom, 2)),
+        ]
+
+    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+        for dev, r in ((0, results[0]), (2, results[1])):
+            if r != 0:
+                yield f"attach to dev{dev} failed: {errno_name(r)}"  # type: ignore[arg-type]
+            else:
+                yield from _attached(w, w.dom, dev)
+
+
+@register("c")
+class WorkloadC(DriverWorkload):
+    description = (
+        "an attach that fails (injected DID failure) racing the final detach and another attach"
+    )
+    target = "AllocatorError"
+
+    def prepare(self, w: DriverWorld) -> None:
+        w.dom = w.new_domain()
+        assert w.attach(w.dom, 0) == 0
+        w.pasid0 = w.pasid(w.dom, 0)
+
+    def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
+        def failing_attach() -> int:
+            w.fail_next("did")
+            return int(w.attach(w.dom, 1))
+
+        return [
+            ("detach-dev0", lambda: w.detach(w.dom, 0)),
+            ("attach-dev1-fails", failing_attach),
+            ("attach-dev2", lambda: w.attach(w.dom, 2)),
+        ]
+
+    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+        if results[0] != 0:
+            yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
+        if results[1] == 0:
+            yield "the attach with an injected DID failure succeeded"
+        if results[2] == 0:
+            yield from _attached(w, w.dom, 2)
+        else:
+            yield f"attach to dev2 failed: {errno_name(results[2])}"  # type: ignore[arg-type]
+
+
+@register("d")
+class WorkloadD(DriverWorkload):
+    description = "a detach racing in-flight DMA from the detached device"
+    target = "dma-after-detach"
+
+    def prepare(self, w: DriverWorld) -> None:
+        w.dom = w.new_domain()
+        assert w.attach(w.dom, 0) == 0
+        w.pasid0 = w.pasid(w.dom, 0)
+
+    def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
+        def dma() -> int:
+            return sum(w.dma(w.dom, 0, w.pasid0, write=bool(i & 1)) for i in range(2))
+
+        return [("detach-dev0", lambda: w.detach(w.dom, 0)), ("dma-dev0", dma)]
+
+    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+        if results[0] != 0:
+            yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
+        yield from _detached(w, w.dom, 0, w.pasid0)
