@@ -22,6 +22,7 @@ from __future__ import annotations
 import mmap
 import os
 import sys
+from array import array
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -226,7 +227,25 @@ class PhysicalMemory:
         return tuple(q[i : i + count])
 
     def write_qwords(self, addr: int, values: tuple[int, ...] | list[int]) -> None:
-        """Write consecutive qwords; all values are checked before any is written."""
+        """Write consecutive qwords; all values are checked before any is written.
+
+        Hot path (table entries, invalidation descriptors): an aligned run inside one page is
+        one slice assignment; ``array('Q', ...)`` performs the range check itself.
+        """
+        n = len(values)
+        if type(addr) is int and not addr & 7 and addr >= 0 and addr + 8 * n <= self.size:
+            i = (addr & _PAGE_MASK) >> 3
+            if 0 < n <= 512 - i:
+                try:
+                    packed = array("Q", values)
+                except (OverflowError, TypeError):
+                    pass  # fall through to the checking path for a typed error
+                else:
+                    pfn = addr >> PAGE_SHIFT
+                    q = self._q.get(pfn) if pfn in self._pages else self._writable(pfn)
+                    assert q is not None
+                    q[i : i + n] = packed
+                    return
         for v in values:
             if not isinstance(v, int) or not 0 <= v <= _Q:
                 raise ArgumentError("value", v, "an unsigned 64-bit integer")
