@@ -64,9 +64,10 @@ note = "sets PASIDE in the parent's context entry and enables PCI PASID"
 [[steps]]
 chapter = """2. One auxiliary domain per virtual machine
 A domain is an I/O address space: a page table that the IOMMU walks to turn the addresses a
-device uses into physical memory addresses. VM 1's guest memory lives at host physical
-0x400000, VM 2's at 0x800000. Each VM sees its own memory at guest-physical 0x100000, so
-each domain maps that guest address to its own VM's host memory."""
+device uses into physical memory addresses. VM 1's guest memory starts at host physical
+0x400000 and VM 2's at 0x800000 (guest-physical 0 is the start). Both VMs use guest-physical
+0x100000: each domain maps it to its own VM's memory, host 0x500000 for VM 1 and host 0x900000
+for VM 2."""
 op = "domain_alloc"
 as = "vm1"
 note = "VM 1's domain"
