@@ -376,7 +376,7 @@ def test_translation_through_corrupted_tables(
     for _ in range(8):
         addr = rng.choice([0, 0x1000, 0x2000, 0x3000, 0x20_0000 + 0x1234, rng.getrandbits(48)])
         pasid = None if legacy or rng.random() < 0.3 else rng.randrange(6)
-        kw = {
+        kw: dict[str, Any] = {
             "pasid": pasid,
             "write": rng.random() < 0.4,
             "execute": rng.random() < 0.1,
@@ -449,3 +449,42 @@ def test_random_invalidation_queue(seed: int, dw: bool, ttm: int, tails: list[in
         else:
             assert head == u.read64(R.IQT) & 0x7_FFF0, (hex(head), hex(tail))
         _check_consistent(u)
+
+
+# --- (d) DMA engine through corrupted tables ------------------------------------------------
+
+
+@FUZZ
+@given(seed=st.integers(0, 2**32 - 1), mutations=st.integers(0, 6), ats=st.booleans())
+def test_dma_through_corrupted_tables(seed: int, mutations: int, ats: bool) -> None:
+    """A device's DMA (any length, across pages, with and without PASID, devTLB on or off)
+    returns a DmaResult; the only exception is the typed MemoryAccessError when a valid
+    translation names host memory that does not exist."""
+    from vtdsim.errors import MemoryAccessError
+    from vtdsim.hw.pci import DmaResult, PciDevice
+
+    rng = random.Random(seed)
+    t = _valid_tables(_MUT_CAPS[0], legacy=False)
+    cea = t.ctx_sm_addr(_SID)  # set the context entry's DTE so translations are ATS-cacheable
+    t.mem.write64(cea, t.mem.read64(cea) | (1 << 2))
+    for _ in range(mutations):
+        _mutate(t, rng)
+    dev = PciDevice(_SID, t.mem, t.unit, pasid_bits=8, ats=ats)
+    for _ in range(6):
+        addr = rng.choice([0, 0xF00, 0x1FF8, rng.getrandbits(22), rng.getrandbits(48)])
+        length = rng.choice([0, 1, 8, 64, 4096, 9000])
+        pasid = rng.choice([None, 0, 1, 2, 3, 4, 5])
+        try:
+            if rng.random() < 0.5:
+                r = dev.dma_read(addr, length, pasid=pasid, privileged=rng.random() < 0.3)
+            else:
+                r = dev.dma_write(addr, bytes(length), pasid=pasid)
+        except MemoryAccessError:
+            continue
+        assert isinstance(r, DmaResult)
+        assert r.ok == (r.fault is None)
+        assert 0 <= r.transferred <= length
+        if rng.random() < 0.3:
+            dev.invalidate_devtlb(
+                rng.choice([None, pasid]), rng.getrandbits(64), rng.random() < 0.5
+            )

@@ -74,6 +74,7 @@ __all__ = ["Translation", "TranslationFault", "Translator", "UnitLike"]
 _ALL = PERM_R | PERM_W | PERM_X | PERM_SR | PERM_SW | PERM_SX
 _INTR_LO, _INTR_HI = INTERRUPT_RANGE
 _PASID_LIMIT = 1 << 20
+_U64 = (1 << 64) - 1
 
 
 class UnitLike(Protocol):
@@ -284,12 +285,24 @@ class Translator:
         # (sid, pasid, addr >> 12) -> [hpa_page, ok_bits, page(priv=0), page(priv=1), ttm, hits]
         self._fast: dict[tuple[int, int | None, int], list[Any]] = {}
         self.faults = 0
-        self.walks = 0
+        self._walks = 0
         # every cache disabled: scalable-mode requests go straight to the inlined walk
         self._uncached = caps.scalable_mode and not any(
             c.enabled for c in (self.context_cache, self.pasid_cache, self.iotlb, self.psc)
         )
-        self._uncached_walks = 0  # folded into the caches' miss counters by statistics()
+        # uncached fast-path walks: all of them, and those already folded into the caches'
+        # miss counters by statistics()
+        self._uncached_walks = 0
+        self._uncached_folded = 0
+        self._fast_sm = self.walker.fast_sm
+        if self._uncached:
+            # One call per request: argument checks, the inlined walk, the result.
+            self.translate = self._translate_uncached  # type: ignore[method-assign]
+
+    @property
+    def walks(self) -> int:
+        """Table walks performed (IOTLB misses and uncached requests)."""
+        return self._walks + self._uncached_walks
 
     # -- the per-request API -----------------------------------------------------------------
 
@@ -316,8 +329,49 @@ class Translator:
                 return Translation(ent[0] | (addr & 0xFFF), ent[2 + privileged])
         return self._translate(sid, addr, pasid, bool(write), bool(execute), bool(privileged))
 
+    def _translate_uncached(
+        self,
+        sid: int,
+        addr: int,
+        *,
+        pasid: int | None = None,
+        write: bool = False,
+        execute: bool = False,
+        privileged: bool = False,
+    ) -> Translation | TranslationFault:
+        """:meth:`translate` of a unit with every cache disabled: the inlined scalable-mode
+        walk first (the same checks as :func:`_check_request`, then ``Walker.fast_sm``);
+        anything unusual goes through :meth:`_translate`, which decides."""
+        unit = self.unit
+        if (
+            unit.translation_enabled
+            and unit.ttm == 1
+            and not execute
+            and type(sid) is int
+            and 0 <= sid <= 0xFFFF
+            and type(addr) is int
+            and 0 <= addr <= _U64
+            and (pasid is None or (type(pasid) is int and 0 <= pasid < _PASID_LIMIT))
+        ):
+            r = self._fast_sm(unit.root_table_address, sid, addr, pasid, write, privileged)
+            if r is not None:
+                self._uncached_walks += 1
+                hpa, shift, perm, did, p, dte, pgtt, eff = r
+                return Translation(hpa, _Page(sid, p, did, shift, perm, pgtt, dte, eff))
+            return self._translate(
+                sid, addr, pasid, bool(write), False, bool(privileged), tried=True
+            )
+        return self._translate(sid, addr, pasid, bool(write), bool(execute), bool(privileged))
+
     def _translate(
-        self, sid: int, addr: int, pasid: int | None, write: bool, execute: bool, priv: bool
+        self,
+        sid: int,
+        addr: int,
+        pasid: int | None,
+        write: bool,
+        execute: bool,
+        priv: bool,
+        tried: bool = False,
     ) -> Translation | TranslationFault:
         _check_request(sid, addr, pasid)
         unit = self.unit
@@ -325,11 +379,10 @@ class Translator:
             # GSTS.TES = 0: DMA is not remapped (VT-d 10.4.5)
             return Translation(addr, _Page(sid, pasid, 0, 12, _ALL, -1, False, priv))
         ttm = unit.ttm
-        if ttm == 1 and self._uncached:
-            r = self.walker.fast_sm(unit.root_table_address, sid, addr, pasid, write, priv)
-            if r is not None and not execute:
+        if ttm == 1 and self._uncached and not tried and not execute:
+            r = self._fast_sm(unit.root_table_address, sid, addr, pasid, write, priv)
+            if r is not None:
                 self._uncached_walks += 1
-                self.walks += 1
                 hpa, shift, perm, did0, p0, dte, pgtt0, eff = r
                 return Translation(hpa, _Page(sid, p0, did0, shift, perm, pgtt0, dte, eff))
         if ttm >= 2 or (ttm == 1 and not self.caps.scalable_mode):
@@ -374,7 +427,7 @@ class Translator:
         need = need_mask(write, execute, eff_priv)
         e = self.iotlb.find(did, p, addr)
         if e is None or e.perm & need != need:
-            self.walks += 1
+            self._walks += 1
             try:
                 e = self._walk_fill(ctx, pe, did, p, pgtt, addr, write, execute, eff_priv)
             except WalkFault as f:
@@ -640,9 +693,9 @@ class Translator:
             self.context_cache.hits += legacy + sm
             self.pasid_cache.hits += sm
             self.iotlb.hits += legacy + sm
-        n = self._uncached_walks
+        n = self._uncached_walks - self._uncached_folded
         if n:
-            self._uncached_walks = 0
+            self._uncached_folded = self._uncached_walks
             self.context_cache.misses += n
             self.pasid_cache.misses += n
             self.iotlb.misses += n

@@ -35,6 +35,11 @@ Behaviour and sources (each also cited at the code):
 * Reserved bits: ``Layout.reserved_violations`` semantics (reserved bits, and address bits at
   or above the host address width) plus PS=1 where the page size is not supported (QEMU
   ``vtd_slpte_nonzero_rsvd``: PS is reserved at level 4 and at levels 2/3 without SLLPS).
+  Second-level bit 11 is reserved in every table pointer (QEMU ``VTD_SPTE_PAGE_L{2,3,4}_RSVD_
+  MASK``) and, in legacy mode without ECAP.SC, in leaves too (QEMU ``vtd_init``).
+* Access errors: root 0x38, context 0x40, PASID directory 0x50, PASID table 0x58; the top
+  first-level table 0x73 and the top second-level table (SLPTPTR) 0x7B, deeper tables 0x70 /
+  0x78 (legacy: 0x8, 0x9, 0x7).
 * Accessed/dirty: first-level walks always set A (and EA with EAFE) in every entry used and D
   in the leaf of a write; second-level walks do so when the PASID entry's SSADE is set
   (QEMU ``vtd_set_flag_in_pte``).  The model writes the bits back after the request is known to
@@ -45,6 +50,7 @@ Behaviour and sources (each also cited at the code):
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Final
 
@@ -161,6 +167,11 @@ FR_SM_WRITE = 0x85
 FR_SM_READ = 0x86
 FR_SM_INTERRUPT = 0x87
 FR_FS_AD_FAILED = 0x91
+
+#: fast_sm's success: (hpa, page_shift, perm, did, pasid_used, dte, pgtt, privileged)
+FastSmResult = tuple[int, int, int, int, int, bool, int, bool]
+#: fast_sm(rta, sid, addr, pasid, write, privileged)
+FastSm = Callable[[int, int, int, "int | None", bool, bool], "FastSmResult | None"]
 
 PGTT_FL: Final = 1
 PGTT_SL: Final = 2
@@ -460,6 +471,8 @@ class Walker:
             PGTT_NESTED: caps.nested and caps.first_level and caps.second_level,
             PGTT_PT: caps.pass_through,
         }
+        #: The uncached scalable-mode hot path (see :meth:`_build_fast_sm`).
+        self.fast_sm: FastSm = self._build_fast_sm()
 
     # -- context ---------------------------------------------------------------------------------
 
@@ -1451,135 +1464,192 @@ class Walker:
 
     # -- the uncached hot path ------------------------------------------------------------------
 
-    def fast_sm(
-        self, rta: int, sid: int, addr: int, pasid: int | None, write: bool, privileged: bool
-    ) -> tuple[int, int, int, int, int, bool, int, bool] | None:
-        """The success path of a scalable-mode second-level or pass-through walk, inlined.
+    def _build_fast_sm(self) -> FastSm:
+        """Build :attr:`fast_sm`: the success path of a scalable-mode second-level or
+        pass-through walk as one closure over plain-int constants.
 
-        Returns ``(hpa, page_shift, perm, did, pasid_used, dte, pgtt, privileged)`` (the
-        privilege is RID_PRIV for a request without PASID), or None whenever anything is
-        unusual (a fault, a first-level or nested PGTT, A/D tracking, a page never written):
-        the caller then runs :meth:`walk`, which decides.  Same checks as the general walk,
-        in the same order, reading memory through ``PhysicalMemory.qword_pages``.
+        ``fast_sm(rta, sid, addr, pasid, write, privileged)`` returns ``(hpa, page_shift,
+        perm, did, pasid_used, dte, pgtt, privileged)`` (the privilege is RID_PRIV for a
+        request without PASID), or None whenever anything is unusual (a fault, a first-level
+        or nested PGTT, A/D tracking, a page never written): the caller then runs
+        :meth:`walk`, which decides.  Same checks as the general walk, in the same order,
+        reading memory through ``PhysicalMemory.qword_pages``.
+
+        Speed (``benchmarks/bench_hw.py translate_walk_per_s``): every mask, shift and
+        capability test is a closure constant computed here from the layouts; per-level data
+        are tuples indexed by level; AW -> level count and AW -> address limit are looked up,
+        not recomputed; tables found through page-aligned pointers (context table, PASID
+        table, paging tables) are indexed without re-deriving the page offset.
         """
-        q = self.memory.qword_pages
-        # root entry: lower/upper half by devfn (Linux iommu_context_addr)
-        half = (sid >> 7) & 1
-        a = rta + ((sid >> 8) << 4) + (half << 3)
-        pg = q.get(a >> 12)
-        if pg is None:
-            return None
-        e = pg[(a & 4095) >> 3]
-        if not e & self.rs_p[half] or e & self.rs_rsv[half]:
-            return None
-        # context entry: 32 bytes, 128 per table
-        a = (e & self.rs_ctp[half]) + ((sid & 0x7F) << 5)
-        pg = q.get(a >> 12)
-        if pg is None:
-            return None
-        i = (a & 4095) >> 3
-        c0 = pg[i]
-        c1 = pg[i + 1]
-        r = self.sc_rsv
-        if not c0 & self.sc_p or c0 & r[0] or c1 & r[1] or pg[i + 2] or pg[i + 3]:
-            return None
-        if pasid is None:
-            s, m = self.sc_rid_pasid
-            p = (c1 & m) >> s
-            privileged = bool(c1 & self.sc_rid_priv)
-        else:
-            if not c0 & self.sc_paside:
+        mem = self.memory
+        caps = self.caps
+        lp, up = self.rs_p
+        lrsv, ursv = self.rs_rsv
+        lctp, uctp = self.rs_ctp
+        sc_p, sc_paside, sc_dte, sc_dir = self.sc_p, self.sc_paside, self.sc_dte, self.sc_dir
+        sc_rsv0, sc_rsv1 = self.sc_rsv[0], self.sc_rsv[1]
+        rp_s, rp_m = self.sc_rid_pasid
+        rid_priv = self.sc_rid_priv
+        pdts_s, pdts_m = self.sc_pdts
+        pd_p, pd_rsv, pd_ptr = self.pd_p, self.pd_rsv, self.pd_ptr
+        pe_p, pe_sre, pe_ssade, pe_slptr = self.pe_p, self.pe_sre, self.pe_ssade, self.pe_slptr
+        pe_rsv0, pe_rsv1, pe_rsv2 = self.pe_rsv[0], self.pe_rsv[1], self.pe_rsv[2]
+        did_s, did_m = self.pe_did
+        pgtt_s, pgtt_m = self.pe_pgtt
+        aw_s, aw_m = self.pe_aw
+        pt_ok = bool(self._pgtt_ok[PGTT_PT])
+        sl_ok = bool(self._pgtt_ok[PGTT_SL])
+        # AW (3 bits) -> levels (0: not a SAGAW width) and the input-address limit
+        aw_levels = tuple((aw + 2) if 12 + 9 * (aw + 2) in caps.sagaw else 0 for aw in range(8))
+        aw_limit = tuple(min(12 + 9 * (aw + 2), self.mgaw) for aw in range(8))
+        rwm, sl_r, sl_w, ps, taddr = (
+            self.sl_rw,
+            self.sl_r,
+            self.sl_w,
+            self.sl_ps,
+            self.sl_table_addr,
+        )
+        lv = self.sl_level
+        shift_of = tuple(3 + 9 * lvl for lvl in range(6))
+        t_rsv = tuple(lv[lvl][0] if lvl else 0 for lvl in range(6))
+        l_rsv = tuple(lv[lvl][1] if lvl else -1 for lvl in range(6))
+        l_addr = tuple(lv[lvl][2] if lvl else 0 for lvl in range(6))
+        perm_r = PERM_R | PERM_X | PERM_SR | PERM_SX
+        perm_w = PERM_W | PERM_SW
+        user = PERM_R | PERM_W | PERM_X
+        pt_user = PERM_R | PERM_W | PERM_X
+        intr_lo, intr_hi = _INTR_LO, _INTR_HI
+
+        def fast_sm(
+            rta: int, sid: int, addr: int, pasid: int | None, write: bool, privileged: bool
+        ) -> FastSmResult | None:
+            q = mem.qword_pages
+            # root entry: lower/upper half by devfn (Linux iommu_context_addr)
+            if sid & 0x80:
+                a = rta + ((sid >> 8) << 4) + 8
+                pg = q.get(a >> 12)
+                if pg is None:
+                    return None
+                e = pg[(a & 4095) >> 3]
+                if not e & up or e & ursv:
+                    return None
+                ct = e & uctp
+            else:
+                a = rta + ((sid >> 8) << 4)
+                pg = q.get(a >> 12)
+                if pg is None:
+                    return None
+                e = pg[(a & 4095) >> 3]
+                if not e & lp or e & lrsv:
+                    return None
+                ct = e & lctp
+            # context entry: 32 bytes, 128 per (page-aligned) table
+            pg = q.get(ct >> 12)
+            if pg is None:
                 return None
-            p = pasid
-        s, m = self.sc_pdts
-        if (p >> 6) >= 1 << (((c0 & m) >> s) + 7):
-            return None
-        # PASID directory entry
-        a = (c0 & self.sc_dir) + ((p >> 6) << 3)
-        pg = q.get(a >> 12)
-        if pg is None:
-            return None
-        e = pg[(a & 4095) >> 3]
-        if not e & self.pd_p or e & self.pd_rsv:
-            return None
-        # PASID-table entry: 64 bytes
-        a = (e & self.pd_ptr) + ((p & 63) << 6)
-        pg = q.get(a >> 12)
-        if pg is None:
-            return None
-        i = (a & 4095) >> 3
-        p0 = pg[i]
-        p1 = pg[i + 1]
-        p2 = pg[i + 2]
-        r = self.pe_rsv
-        if (
-            not p0 & self.pe_p
-            or p0 & r[0]
-            or p1 & r[1]
-            or p2 & r[2]
-            or pg[i + 3]
-            or pg[i + 4]
-            or pg[i + 5]
-            or pg[i + 6]
-            or pg[i + 7]
-        ):
-            return None
-        if privileged and not p2 & self.pe_sre:
-            return None
-        s, m = self.pe_did
-        did = (p1 & m) >> s
-        s, m = self.pe_pgtt
-        pgtt = (p0 & m) >> s
-        dte = bool(c0 & self.sc_dte)
-        if pgtt == PGTT_PT and self._pgtt_ok[PGTT_PT]:
-            if _INTR_LO <= addr <= _INTR_HI:
+            i = (sid & 0x7F) << 2
+            c0 = pg[i]
+            c1 = pg[i + 1]
+            if not c0 & sc_p or c0 & sc_rsv0 or c1 & sc_rsv1 or pg[i + 2] or pg[i + 3]:
                 return None
-            perm = _ALL_PERMS if p2 & self.pe_sre else PERM_R | PERM_W | PERM_X
-            return addr, 12, perm, did, p, dte, pgtt, privileged
-        if pgtt != PGTT_SL or not self._pgtt_ok[PGTT_SL] or p0 & self.pe_ssade:
-            return None
-        s, m = self.pe_aw
-        level = ((p0 & m) >> s) + 2
-        if (12 + 9 * level) not in self.caps.sagaw or addr >> min(12 + 9 * level, self.mgaw):
-            return None
-        # second-level tables
-        table = p0 & self.pe_slptr
-        rwm = self.sl_rw
-        rw = rwm
-        ps = self.sl_ps
-        sl_level = self.sl_level
-        taddr = self.sl_table_addr
-        while True:
-            a = table + (((addr >> (3 + 9 * level)) & 511) << 3)
+            if pasid is None:
+                p = (c1 & rp_m) >> rp_s
+                priv = (c1 & rid_priv) != 0
+            else:
+                if not c0 & sc_paside:
+                    return None
+                p = pasid
+                priv = bool(privileged)
+            didx = p >> 6
+            if didx >> (((c0 & pdts_m) >> pdts_s) + 7):
+                return None
+            # PASID directory entry (the directory may span pages)
+            a = (c0 & sc_dir) + (didx << 3)
             pg = q.get(a >> 12)
             if pg is None:
                 return None
             e = pg[(a & 4095) >> 3]
-            if not e & rwm:
+            if not e & pd_p or e & pd_rsv:
                 return None
-            t_rsv, l_rsv, l_addr, _ = sl_level[level]
-            if level == 1 or e & ps:
-                if l_rsv < 0 or e & l_rsv:
+            # PASID-table entry: 64 bytes, 64 per (page-aligned) table
+            pg = q.get((e & pd_ptr) >> 12)
+            if pg is None:
+                return None
+            i = (p & 63) << 3
+            p0 = pg[i]
+            p1 = pg[i + 1]
+            p2 = pg[i + 2]
+            if (
+                not p0 & pe_p
+                or p0 & pe_rsv0
+                or p1 & pe_rsv1
+                or p2 & pe_rsv2
+                or pg[i + 3]
+                or pg[i + 4]
+                or pg[i + 5]
+                or pg[i + 6]
+                or pg[i + 7]
+            ):
+                return None
+            sre = p2 & pe_sre
+            if priv and not sre:
+                return None
+            did = (p1 & did_m) >> did_s
+            pgtt = (p0 & pgtt_m) >> pgtt_s
+            if pgtt != PGTT_SL:
+                if pgtt == PGTT_PT and pt_ok:
+                    if intr_lo <= addr <= intr_hi:
+                        return None
+                    return (
+                        addr,
+                        12,
+                        _ALL_PERMS if sre else pt_user,
+                        did,
+                        p,
+                        (c0 & sc_dte) != 0,
+                        pgtt,
+                        priv,
+                    )
+                return None
+            if not sl_ok or p0 & pe_ssade:
+                return None
+            aw = (p0 & aw_m) >> aw_s
+            level = aw_levels[aw]
+            if not level or addr >> aw_limit[aw]:
+                return None
+            # second-level tables (every table pointer is page aligned)
+            table = p0 & pe_slptr
+            rw = rwm
+            while True:
+                pg = q.get(table >> 12)
+                if pg is None:
+                    return None
+                e = pg[(addr >> shift_of[level]) & 511]
+                if not e & rwm:
+                    return None
+                if level == 1 or e & ps:
+                    lr = l_rsv[level]
+                    if lr < 0 or e & lr:
+                        return None
+                    rw &= e
+                    break
+                if e & t_rsv[level]:
                     return None
                 rw &= e
-                break
-            if e & t_rsv:
+                table = e & taddr
+                level -= 1
+            if not rw & (sl_w if write else sl_r):
                 return None
-            rw &= e
-            table = e & taddr
-            level -= 1
-        if not rw & (self.sl_w if write else self.sl_r):
-            return None
-        shift = 3 + 9 * level
-        hpa = (e & l_addr) | (addr & ((1 << shift) - 1))
-        if _INTR_LO <= hpa <= _INTR_HI:
-            return None
-        perm = (PERM_R | PERM_X | PERM_SR | PERM_SX if rw & self.sl_r else 0) | (
-            PERM_W | PERM_SW if rw & self.sl_w else 0
-        )
-        if not p2 & self.pe_sre:
-            perm &= PERM_R | PERM_W | PERM_X
-        return hpa, shift, perm, did, p, dte, pgtt, privileged
+            shift = shift_of[level]
+            hpa = (e & l_addr[level]) | (addr & ((1 << shift) - 1))
+            if intr_lo <= hpa <= intr_hi:
+                return None
+            perm = (perm_r if rw & sl_r else 0) | (perm_w if rw & sl_w else 0)
+            if not sre:
+                perm &= user
+            return hpa, shift, perm, did, p, (c0 & sc_dte) != 0, pgtt, priv
+
+        return fast_sm
 
     # -- whole walk --------------------------------------------------------------------------
 

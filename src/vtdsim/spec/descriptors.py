@@ -387,6 +387,18 @@ def _range_addr(addr: int, size_order: int) -> tuple[int, int]:
     return addr & _ADDR_MASK, 1
 
 
+def _range_addr_pasid(addr: int, size_order: int) -> tuple[int, int]:
+    """The PASID-based form (Linux ``qi_desc_dev_iotlb_pasid`` / ``qi_flush_dev_iotlb_pasid``
+    since 5.8): set address bits 12 .. 12+size_order-2 and *clear* bit 12+size_order-1, so the
+    lowest zero bit names the size even for an unaligned ``addr``; S=1 when size_order > 0."""
+    _check_addr(addr)
+    o = _check("size_order", size_order, 52)
+    if o == 0:
+        return addr, 0
+    a = addr | (((1 << (o - 1)) - 1) << 12)
+    return a & ~(1 << (12 + o - 1)) & _ADDR_MASK, 1
+
+
 def cc_global() -> tuple[int, int]:
     """Global context-cache invalidation."""
     return (DescType.CC | CcGranularity.GLOBAL << _G, 0)
@@ -551,7 +563,7 @@ def pdevtlb(
     glob: bool = False,
 ) -> tuple[int, int]:
     """PASID-based device-TLB invalidation (Linux ``qi_flush_dev_iotlb_pasid``)."""
-    a, s = _range_addr(addr, size_order)
+    a, s = _range_addr_pasid(addr, size_order)
     return (
         DescType.PDEVTLB
         | _mip(qdep) << _PDEV_MIP
