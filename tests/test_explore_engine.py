@@ -207,6 +207,8 @@ def test_result_json() -> None:
     d = json.loads(r.to_json())
     assert d["ok"] is False and d["bugs"][0]["kind"] == "invariant"
     assert d["per_bound"][0]["bound"] == 0
+    st = r.statistics()
+    assert st.schedules == r.schedules and st.steps == r.steps and st.schedules_per_s > 0
 
 
 def test_parallel_processes_identical() -> None:
@@ -230,11 +232,28 @@ def test_parallel_processes_identical() -> None:
 
 
 def test_parallel_dask_local_cluster_identical() -> None:
-    pytest.importorskip("distributed")
+    distributed = pytest.importorskip("distributed")
     wl = get_workload("toy-three")
     seq = explore(wl, "pb", bound=2)
     par = explore_parallel(wl, "pb", bound=2, workers=2, scheduler="local")
     assert par.verdict() == seq.verdict()
+    # an existing cluster, by address
+    with distributed.LocalCluster(
+        n_workers=2, threads_per_worker=1, processes=True, dashboard_address=None
+    ) as cluster:
+        by_address = explore_parallel(wl, "pb", bound=2, scheduler=cluster.scheduler_address)
+        rnd = explore_parallel(
+            get_workload("toy-counter"),
+            "random",
+            seed=4,
+            schedules=100,
+            scheduler=cluster.scheduler_address,
+        )
+    assert by_address.verdict() == seq.verdict()
+    assert (
+        rnd.verdict()
+        == explore(get_workload("toy-counter"), "random", seed=4, schedules=100).verdict()
+    )
 
 
 def test_os_threads_cross_check() -> None:
@@ -300,3 +319,17 @@ def test_stall_without_scheduling_point_is_interrupted() -> None:
     r = explore(Hang(), "pb", stall_s=0.1)
     bug = r.first_bug
     assert bug is not None and bug.kind == "stall" and "no scheduling point" in bug.message
+
+
+def test_thread_exiting_with_a_lock_held_is_reported() -> None:
+    class Leaky(Workload):
+        name = "leaky"
+
+        def setup(self) -> sync.SpinLock:
+            return sync.SpinLock("leaked_lock")
+
+        def threads(self, lock: sync.SpinLock) -> Sequence[tuple[str, ThreadFn]]:
+            return [("taker", lock.acquire), ("other", lambda: sync.point("p"))]
+
+    bug = explore(Leaky(), "pb").first_bug
+    assert bug is not None and bug.name == "lock-held-at-exit" and "leaked_lock" in bug.message

@@ -71,8 +71,10 @@ class Bug:
             f"  schedule {self.schedule}  ({self.preemptions} preemption(s), {self.steps} steps)",
         ]
         if self.ops:
-            lines.append("  operations:")
-            lines.extend(f"    {op}" for op in self.ops)
+            shown = self.ops[-60:]
+            first = shown[0].step
+            lines.append("  operations:" + (f" (steps 0..{first - 1} not shown)" if first else ""))
+            lines.extend(f"    {op}" for op in shown)
         if self.traceback:
             lines.append("  traceback:")
             lines.extend(f"    {ln}" for ln in self.traceback.rstrip().splitlines())
@@ -99,7 +101,6 @@ class Statistics:
     schedules: int
     steps: int
     pruned: int
-    decisions_max: int
     elapsed_s: float
 
     @property
@@ -150,7 +151,6 @@ class ExplorationResult:
             schedules=self.schedules,
             steps=self.steps,
             pruned=self.pruned,
-            decisions_max=0,
             elapsed_s=self.elapsed_s,
         )
 

@@ -84,6 +84,8 @@ __all__ = [
 ]
 
 DEFAULT_STEP_BUDGET = 10_000
+#: operations kept in a bug report (the last ones; replay shows them all)
+BUG_OPS = 200
 
 # pending-operation kinds
 START = "start"
@@ -206,7 +208,7 @@ class Outcome:
             schedule=str(self.schedule(workload)),
             preemptions=self.preemptions,
             steps=self.steps,
-            ops=self.ops(),
+            ops=self.ops()[-BUG_OPS:],
             traceback=self.tb,
         )
 
@@ -225,6 +227,9 @@ class Execution:
     ) -> None:
         self.world = world
         self.only = only
+        #: the initial world already passed the step invariants (it is the same snapshot
+        #: every schedule): the check before the first step is skipped
+        self.initial_checked = False
         self.threads = [_Thread(i, name, fn) for i, (name, fn) in enumerate(threads)]
         self.chooser = chooser
         self.step_invariants = step_invariants
@@ -389,7 +394,11 @@ class Execution:
                     return
                 t = enabled[0]
             else:
-                if step_invs and self._check_step(step_invs if self.held == 0 else always):
+                if (
+                    step_invs
+                    and (self.steps or not self.initial_checked)
+                    and self._check_step(step_invs if self.held == 0 else always)
+                ):
                     return
                 tids = [e.tid for e in enabled]
                 tid = chooser.choose(self, tids, last)
@@ -432,6 +441,14 @@ class Execution:
                     kind = "stall" if isinstance(e, StallError) else "exception"
                     self.bug_tb = t.tb
                     self._bug(kind, type(e).__name__, f"thread {t.name}: {e}")
+                    return
+                held = [lk.name for lk in self._locks.values() if lk.owner == t.tid]
+                if held:
+                    self._bug(
+                        "invariant",
+                        "lock-held-at-exit",
+                        f"thread {t.name} finished holding {', '.join(held)}",
+                    )
                     return
             last = t.tid
 
@@ -555,6 +572,7 @@ class Runner:
         self._world: Any = None
         self._snap: object | None = None
         self._dirty = False
+        self._initial_ok = False
         self.executions = 0
         self.total_steps = 0
 
@@ -577,7 +595,10 @@ class Runner:
         ex = Execution(
             world, wl.threads(world), chooser, self.step_invariants, self.step_budget, self.only
         )
+        ex.initial_checked = self._initial_ok and self._snap is not None
         ex.run()
+        if ex.steps > 0 and not ex.pruned:
+            self._initial_ok = True
         self.executions += 1
         self.total_steps += ex.steps
         if ex.bug_kind is None and not ex.pruned:
@@ -603,7 +624,9 @@ class Runner:
 @contextlib.contextmanager
 def watchdog(stall_s: float | None) -> Iterator[None]:
     """Interrupt a logical thread that runs ``stall_s`` seconds without a scheduling point
-    (SIGALRM; only effective in the main thread of the main interpreter)."""
+    (SIGALRM; only effective in the main thread of the main interpreter).  An alarm armed by
+    someone else (pytest-timeout, for example) is kept: its handler still runs at its deadline,
+    and its timer is re-armed afterwards."""
     if (
         not stall_s
         or threading.current_thread() is not threading.main_thread()
@@ -611,9 +634,15 @@ def watchdog(stall_s: float | None) -> Iterator[None]:
     ):
         yield
         return
-    seen: list[Any] = [None, -1, time.monotonic()]
+    seen: list[Any] = [None, -1]
+    start = time.monotonic()
+    old_handler = signal.getsignal(signal.SIGALRM)
+    old_delay, old_interval = signal.getitimer(signal.ITIMER_REAL)
+    old_deadline = start + old_delay if old_delay > 0 else None
 
-    def handler(signum: int, frame: object) -> None:
+    def handler(signum: int, frame: Any) -> None:
+        if old_deadline is not None and time.monotonic() >= old_deadline and callable(old_handler):
+            old_handler(signum, frame)
         ex = _running
         if ex is None or ex._cur is None:
             seen[0] = None
@@ -623,10 +652,13 @@ def watchdog(stall_s: float | None) -> Iterator[None]:
         seen[0] = ex
         seen[1] = ex.steps
 
-    old = signal.signal(signal.SIGALRM, handler)
+    signal.signal(signal.SIGALRM, handler)
     signal.setitimer(signal.ITIMER_REAL, stall_s, stall_s)
     try:
         yield
     finally:
         signal.setitimer(signal.ITIMER_REAL, 0, 0)
-        signal.signal(signal.SIGALRM, old)
+        signal.signal(signal.SIGALRM, old_handler if old_handler is not None else signal.SIG_DFL)
+        if old_deadline is not None:
+            left = old_deadline - time.monotonic()
+            signal.setitimer(signal.ITIMER_REAL, max(left, 1e-3), old_interval)

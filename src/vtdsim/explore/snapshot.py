@@ -8,8 +8,13 @@ created during a schedule become unreachable again; identities never change, so 
 held outside the world (a hot-path dictionary, ``id()``-keyed maps) stay valid.
 :class:`~vtdsim.hw.memory.PhysicalMemory` is restored with its own ``snapshot``/``restore``.
 
-Measured on workload (a) (3 devices, 2 units, ~1,900 objects): a restore takes ~0.3 ms versus
-~30 ms to rebuild the platform and boot the kernel.
+Measured on the built-in driver world (3 devices, 2 units, ~800 mutable objects, 15 memory
+pages): a restore takes ~70 us versus ~30 ms to rebuild the platform and boot the kernel.
+Immutable declarations (:mod:`vtdsim.spec` layouts) are skipped; ``random.Random`` objects are
+restored only when their state moved (a cheap fingerprint of the Mersenne-Twister state); the
+driver world skips them altogether (cache replacement is LRU, the RNG is never consulted).
+Restores check equality first, so unchanged containers cost a C-level comparison.  Limitation:
+state held only in closures, class attributes or module globals is not captured.
 """
 
 from __future__ import annotations
@@ -56,6 +61,9 @@ class GraphSnapshot:
 
     def __init__(self, root: object, *, skip: Callable[[object], bool] | None = None) -> None:
         self._restorers: list[Callable[[], None]] = []
+        #: (container, saved copy) pairs restored in one loop each (the common case)
+        self._dicts: list[tuple[dict[Any, Any], dict[Any, Any]]] = []
+        self._lists: list[tuple[list[Any], list[Any]]] = []
         self.objects = 0
         self._take(root, skip)
 
@@ -83,11 +91,11 @@ class GraphSnapshot:
                 add(_random_restorer(obj))
                 continue
             if isinstance(obj, dict):
-                add(_dict_restorer(obj))
+                self._dicts.append((obj, dict(obj)))
                 stack.extend(obj.keys())
                 stack.extend(obj.values())
             elif isinstance(obj, list):
-                add(_list_restorer(obj))
+                self._lists.append((obj, list(obj)))
                 stack.extend(obj)
             elif isinstance(obj, set):
                 add(_set_restorer(obj))
@@ -103,7 +111,7 @@ class GraphSnapshot:
             else:
                 d = getattr(obj, "__dict__", None)
                 if d is not None:
-                    add(_dict_restorer(d))
+                    self._dicts.append((d, dict(d)))
                     stack.extend(d.values())
                 cls = type(obj)
                 names = slots_cache.get(cls)
@@ -118,6 +126,21 @@ class GraphSnapshot:
                             stack.append(v)
 
     def restore(self) -> None:
+        for d, saved in self._dicts:
+            try:
+                if d == saved:
+                    continue
+            except Exception:  # values whose == is not a bool (numpy arrays)
+                pass
+            d.clear()
+            d.update(saved)
+        for lst, saved_list in self._lists:
+            try:
+                if lst == saved_list:
+                    continue
+            except Exception:
+                pass
+            lst[:] = saved_list
         for r in self._restorers:
             r()
 
@@ -143,30 +166,6 @@ def _random_restorer(r: random.Random) -> Callable[[], None]:
 def _memory_restorer(mem: PhysicalMemory) -> Callable[[], None]:
     snap = mem.snapshot()
     return lambda: mem.restore(snap)
-
-
-def _dict_restorer(d: dict[Any, Any]) -> Callable[[], None]:
-    saved = dict(d)
-
-    def restore() -> None:
-        try:
-            if d == saved:
-                return
-        except Exception:  # values whose == is not a bool (numpy arrays)
-            pass
-        d.clear()
-        d.update(saved)
-
-    return restore
-
-
-def _list_restorer(lst: list[Any]) -> Callable[[], None]:
-    saved = list(lst)
-
-    def restore() -> None:
-        lst[:] = saved
-
-    return restore
 
 
 def _set_restorer(s: set[Any]) -> Callable[[], None]:

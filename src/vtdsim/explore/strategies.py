@@ -16,7 +16,16 @@ on how the schedules are split among workers, and any schedule is reproducible a
 
 The DFS is written as segments so that :mod:`vtdsim.explore.parallel` can split it: a search can
 stop at a fixed depth and hand out the frontier nodes (schedule prefixes, with their sleep sets) as
-independent subtrees whose results merge to exactly the single-process result.
+independent subtrees, and a subtree search can stop after a work budget and return its DFS stack
+(:func:`split_continuation` turns it into more subtrees); the pieces merge, in DFS order, to exactly
+the single-process result.
+
+What sleep sets save (measured, corrected driver, exhaustive DFS): workload (a) 219 -> 200
+schedules (19 executions pruned early), (b) 24 -> 24, (d) 1,540 -> 1,540; on independent work
+(two threads on two different locks, ``tests/test_explore_engine.py``) more than 10x.  The driver
+workloads gain little because nearly every scheduling point of two aux operations touches the same
+locks (``device_domain_lock``, ``iommu->lock``, ``qi->q_lock``) or is a ``point`` (allocator entry),
+which the conservative dependence relation treats as dependent on everything.
 """
 
 from __future__ import annotations
@@ -33,10 +42,8 @@ from vtdsim.explore.report import BoundResult, Bug, ExplorationResult
 from vtdsim.explore.scheduler import (
     ACQUIRE,
     DEFAULT_STEP_BUDGET,
-    POINT,
     READ,
     RELEASE,
-    START,
     WRITE,
     Execution,
     Outcome,
@@ -79,9 +86,6 @@ def independent(a: Sig, b: Sig) -> bool:
     if ka in _ACCESS_KINDS and kb in _ACCESS_KINDS:
         return oa != ob or (ka == READ and kb == READ)
     return False
-
-
-assert POINT and START  # re-exported kinds are part of the dependence relation's domain
 
 
 # ---------------------------------------------------------------------------------------------
