@@ -160,6 +160,6 @@ def entry_codec_per_s(n: int = 20_000, repeats: int = 5) -> float:
     return _median_rate(run, repeats)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - python -m vtdsim.bench.hw
     for fn in (translate_warm_per_s, translate_walk_per_s, dma_read_64b_per_s, entry_codec_per_s):
         print(f"{fn.__name__:<24} {fn():>14,.0f} /s")
