@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import enum
 import errno
+import threading
 from collections.abc import Iterable
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
@@ -97,11 +98,19 @@ class IommuDomain:
     ((device, pasid) pairs from ``attach_device_pasid``).
     """
 
-    _serials = 0
+    _serials = 0  # only for an ops object that cannot carry its own counter (no __dict__)
 
     def __init__(self, dtype: DomainType, ops: IommuOps, *, aperture_bits: int = 48) -> None:
-        IommuDomain._serials += 1
-        self.serial = IommuDomain._serials
+        # Numbered per driver instance (one kernel, restored with its world), not per process:
+        # names in reports must not depend on what else the process built before (explorer
+        # worker processes, earlier tests).
+        serial = getattr(ops, "domain_serials", 0) + 1
+        try:
+            ops.domain_serials = serial  # type: ignore[attr-defined]
+        except AttributeError:
+            IommuDomain._serials += 1
+            serial = IommuDomain._serials
+        self.serial = serial
         self.type = dtype
         self.ops = ops
         self.freed = False
@@ -241,6 +250,12 @@ class IommuCore:
         self._by_name: dict[str, DeviceState] = {}
         self._domains: set[IommuDomain] = set()
         self._inflight: dict[int, int] = {}
+        # Guards the core's own aux attachment counts (``st.aux``/``d.aux_devices``), which
+        # mirror no kernel structure (Linux kept them in the driver).  Deliberately not a
+        # sync lock: it is not a kernel lock and must not add scheduling points; under the
+        # explorer the critical sections hold no scheduling point and are atomic anyway, and
+        # under real OS threads it keeps the read-modify-writes whole.
+        self._records = threading.Lock()
 
     # -- devices -------------------------------------------------------------------------------
 
@@ -283,9 +298,14 @@ class IommuCore:
     # -- argument checks -----------------------------------------------------------------------
 
     def _domain(self, domain: object, *, paging: bool = False) -> IommuDomain:
-        if domain in self._domains:  # fast path: a live domain of this core
+        try:
+            live = domain in self._domains  # fast path: a live domain of this core
+        except TypeError:  # unhashable: certainly not a domain
+            live = False
+        if live:
             assert isinstance(domain, IommuDomain)
-            if paging and not domain.type.paging:
+            t = domain.type
+            if paging and t is not DomainType.UNMANAGED and t is not DomainType.DMA:
                 # iommu_map: !(domain->type & __IOMMU_DOMAIN_PAGING) -> -EINVAL
                 raise IommuError(
                     errno.EINVAL, f"domain {domain!r} is not a paging domain: it has no page table"
@@ -509,8 +529,9 @@ class IommuCore:
         self._begin(d, st)
         try:
             self.ops.aux_attach_dev(d, st.dev)
-            st.aux[d] = st.aux.get(d, 0) + 1
-            d.aux_devices[st.dev] = d.aux_devices.get(st.dev, 0) + 1
+            with self._records:
+                st.aux[d] = st.aux.get(d, 0) + 1
+                d.aux_devices[st.dev] = d.aux_devices.get(st.dev, 0) + 1
         finally:
             self._end(d, st)
 
@@ -525,13 +546,14 @@ class IommuCore:
         self._begin(d, st)
         try:
             self.ops.aux_detach_dev(d, st.dev)
-            n = st.aux.get(d, 0)  # re-read: another thread may have detached meanwhile
-            if n <= 1:
-                st.aux.pop(d, None)
-                d.aux_devices.pop(st.dev, None)
-            else:
-                st.aux[d] = n - 1
-                d.aux_devices[st.dev] = n - 1
+            with self._records:
+                n = st.aux.get(d, 0)  # re-read: another thread may have detached meanwhile
+                if n <= 1:
+                    st.aux.pop(d, None)
+                    d.aux_devices.pop(st.dev, None)
+                else:
+                    st.aux[d] = n - 1
+                    d.aux_devices[st.dev] = n - 1
         finally:
             self._end(d, st)
 
@@ -614,6 +636,7 @@ class IommuCore:
     def get_domain_for_dev_pasid(self, dev: Any, pasid: int) -> IommuDomain | None:
         """``iommu_get_domain_for_dev_pasid``."""
         st = self.device_state(dev)
+        _check_int("pasid", pasid, hi=(1 << 20) - 1)
         return st.pasid_array.get(pasid)
 
     # -- operations in flight (for whole-state audits under a scheduler) -----------------------

@@ -40,6 +40,9 @@ Plus the defects the review did not name but the model exposes:
   dictionary on each side, so one domain serves many devices and one device many domains.  A
   repeated attach of the same pair counts ``users`` (the fix's semantics: two mediated devices
   of one parent sharing a domain) and only the last detach tears down;
+* errnos: when the default PASID cannot be allocated the corrected path says why, ``-ENOSPC``
+  (the PASID space below the device's ``max_pasids`` is exhausted) or ``-ENOMEM``; Linux's
+  ``aux_domain_add_dev`` returned ``-ENODEV`` for both, as :mod:`.aux_v5` still does;
 * a failed attach leaves no trace: the DID reference is dropped, the PASID entry is never left
   half-written (the internals' setup writes it only after every allocation succeeded), the PASID
   is released and forgotten;
@@ -194,8 +197,10 @@ class CorrectedAux:
             self._aux_pasid_put(domain)
 
     def get_pasid(self, domain: DmarDomain) -> int:
-        """``intel_iommu_aux_get_pasid``."""
-        pasid = domain.default_pasid
+        """``intel_iommu_aux_get_pasid`` (read under ``device_domain_lock``: Linux read it
+        unlocked, so a caller racing the last detach could be handed a PASID being freed)."""
+        with self.ops.device_domain_lock:
+            pasid = domain.default_pasid
         if pasid <= 0:
             raise IommuError(errno.EINVAL, f"{domain!r} has no default PASID")
         return pasid

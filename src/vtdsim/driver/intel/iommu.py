@@ -107,6 +107,9 @@ class IntelIommuOps:
         pasid_allocator: PasidAllocator | None = None,
     ) -> None:
         self.iommus = iommus
+        #: exclusive end of the host physical addresses a page may map to: the narrowest
+        #: unit's host address width
+        self.phys_limit = 1 << min((i.unit.caps.haw for i in iommus), default=52)
         #: the remapping unit covering a device (default: the PciDevice's own ``unit``)
         self._unit_for = unit_for if unit_for is not None else _device_unit
         self.device_domain_lock = sync.SpinLock("device_domain_lock")
@@ -160,12 +163,14 @@ class IntelIommuOps:
         domain: DmarDomain,
         pasid: int,
         *,
-        overwrite: bool | None = None,
+        overwrite: bool = False,
     ) -> None:
         """Write the PASID entry for ``domain`` (second-level for paging domains,
-        pass-through for identity) and record it.  ``iommu->lock`` held.  ``overwrite``:
-        the 5.1 behaviour (no ``-EBUSY`` check on a present entry); ``None``: as the unit's quirks
-        say.  ``-ENODEV`` when the leaf PASID table cannot be allocated (Linux
+        pass-through for identity) and record it.  ``iommu->lock`` held.  ``overwrite=True``
+        is the 5.1 behaviour (no ``-EBUSY`` check on a present entry) and only the v5 aux path
+        asks for it: the RID and PASID-attach paths always refuse a present entry, whatever
+        the aux variant, so a v5 kernel's modern API cannot silently hijack an aux PASID.
+        ``-ENODEV`` when the leaf PASID table cannot be allocated (Linux
         ``intel_pasid_get_entry`` returns NULL), ``-EBUSY`` on a present entry (modern).
         """
         iommu = info.iommu
@@ -297,6 +302,15 @@ class IntelIommuOps:
         assert isinstance(domain, DmarDomain)
         pgtable = domain.pgtable
         assert pgtable is not None
+        if paddr + size > self.phys_limit:
+            # A second-level leaf holds the address in bits HAW-1:12 and the bits above are
+            # reserved (VT-d 9.8), so such a page cannot be mapped: Linux would write a PTE
+            # the hardware faults on (or, above bit 51, silently truncate).  Refuse it.
+            raise IommuError(
+                errno.ERANGE,
+                f"paddr={paddr:#x} size={size:#x} ends beyond the {self.phys_limit.bit_length() - 1}"
+                "-bit host address width of the remapping units",
+            )
         try:
             pgtable.map(iova, paddr, size, prot)
         except BaseException:
@@ -447,5 +461,8 @@ def _device_unit(dev: Any) -> object:
 
 def _agaw_width(iommu: IntelIommu) -> int:
     """``prepare_domain_attach_device``'s ``addr_width``: the unit's AGAW width, at most
-    CAP.MGAW."""
-    return min(agaw_to_width(iommu.agaw), cap_mgaw(iommu.cap))
+    CAP.MGAW (both fixed at ``alloc_iommu``: computed once per unit)."""
+    width = iommu.addr_width
+    if width is None:
+        width = iommu.addr_width = min(agaw_to_width(iommu.agaw), cap_mgaw(iommu.cap))
+    return width
