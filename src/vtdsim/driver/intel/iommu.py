@@ -308,8 +308,9 @@ class IntelIommuOps:
             # the hardware faults on (or, above bit 51, silently truncate).  Refuse it.
             raise IommuError(
                 errno.ERANGE,
-                f"paddr={paddr:#x} size={size:#x} ends beyond the {self.phys_limit.bit_length() - 1}"
-                "-bit host address width of the remapping units",
+                f"paddr={paddr:#x} size={size:#x} ends beyond the "
+                f"{self.phys_limit.bit_length() - 1}-bit host address width of the "
+                "remapping units",
             )
         try:
             pgtable.map(iova, paddr, size, prot)
