@@ -250,8 +250,8 @@ class IommuCore:
         self._by_name: dict[str, DeviceState] = {}
         self._domains: set[IommuDomain] = set()
         self._inflight: dict[int, int] = {}
-        # Guards the core's own aux attachment counts (``st.aux``/``d.aux_devices``), which
-        # mirror no kernel structure (Linux kept them in the driver).  Deliberately not a
+        # Guards the core's own records (aux attachment counts ``st.aux``/``d.aux_devices``
+        # and the in-flight marks), which mirror no kernel structure.  Deliberately not a
         # sync lock: it is not a kernel lock and must not add scheduling points; under the
         # explorer the critical sections hold no scheduling point and are atomic anyway, and
         # under real OS threads it keeps the read-modify-writes whole.
@@ -643,17 +643,19 @@ class IommuCore:
 
     def _begin(self, *objs: object) -> None:
         inflight = self._inflight
-        for o in objs:
-            inflight[id(o)] = inflight.get(id(o), 0) + 1
+        with self._records:  # whole read-modify-writes under real OS threads
+            for o in objs:
+                inflight[id(o)] = inflight.get(id(o), 0) + 1
 
     def _end(self, *objs: object) -> None:
         inflight = self._inflight
-        for o in objs:
-            n = inflight[id(o)] - 1
-            if n:
-                inflight[id(o)] = n
-            else:
-                del inflight[id(o)]
+        with self._records:
+            for o in objs:
+                n = inflight[id(o)] - 1
+                if n:
+                    inflight[id(o)] = n
+                else:
+                    del inflight[id(o)]
 
     def in_flight(self, obj: object) -> bool:
         """True while an attach/detach/free involving ``obj`` (a domain or a

@@ -132,6 +132,8 @@ class Kernel(IommuCore):
             lambda dev: platform.unit_for(dev.sid),
             aux_variant=aux_variant,
             pasid_allocator=PasidAllocator(injector=self.injector),
+            # the host's physical address width (Linux: CPUID MAXPHYADDR), a platform fact
+            phys_bits=min((u.caps.haw for u in platform.units), default=52),
         )
         super().__init__(ops)
         self.aux_variant = aux_variant

@@ -80,8 +80,15 @@ class Vm:
         if not isinstance(hpa, int) or hpa < 0 or hpa & _PAGE_MASK:
             raise ArgumentError("hpa", hpa, "a non-negative multiple of 4096")
         r = _Range(gpa, hpa, size, prot)
-        for m in self.mdevs:
-            m.parent.map_range(m, r)
+        done: list[MediatedDevice] = []
+        try:
+            for m in self.mdevs:
+                m.parent.map_range(m, r)
+                done.append(m)
+        except BaseException:
+            for m in done:
+                m.parent.unmap_range(m, r)
+            raise
         self.ranges.append(r)
 
     def add_ram(self, gpa: int, size: int) -> None:
@@ -176,9 +183,15 @@ class MdevParent:
         self.mdevs.remove(mdev)
 
     def map_range(self, mdev: MediatedDevice, r: _Range) -> None:
+        """Map one of the VM's ranges into ``mdev``'s domain (``VFIO_IOMMU_MAP_DMA``)."""
         assert mdev.domain is not None
         self.core.map(mdev.domain, r.gpa, r.hpa, r.size, r.prot)
         mdev._ranges.append(r)
+
+    def unmap_range(self, mdev: MediatedDevice, r: _Range) -> None:
+        assert mdev.domain is not None
+        self.core.unmap(mdev.domain, r.gpa, r.size)
+        mdev._ranges.remove(r)
 
     def assign(self, mdev: MediatedDevice, vm: Vm) -> int:
         """Give ``mdev`` to ``vm``: a new unmanaged domain mapping the VM's GPA space,

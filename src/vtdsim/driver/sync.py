@@ -36,6 +36,7 @@ __all__ = [
     "Mutex",
     "SpinLock",
     "SyncBackend",
+    "allocated",
     "current_backend",
     "install",
     "installed",
@@ -69,8 +70,12 @@ class SyncBackend(Protocol):
     def ident(self) -> object:
         """Identity of the running logical thread (stored in ``SpinLock.owner``)."""
 
+    # Optional (not part of the protocol, so older backends still conform):
+    # ``allocated(kind, value, owner, scope)``, see :func:`allocated`.
+
 
 _backend: SyncBackend | None = None
+_get_ident = threading.get_ident
 
 
 def install(backend: SyncBackend | None) -> SyncBackend | None:
@@ -116,7 +121,7 @@ class SpinLock:
                 raise LockingError(f"{self.kind} {self.name} acquired recursively (self-deadlock)")
             b.acquire(self)
         else:
-            me = threading.get_ident()
+            me = _get_ident()
             if self.owner == me:
                 raise LockingError(f"{self.kind} {self.name} acquired recursively (self-deadlock)")
             self._lock.acquire()
@@ -125,7 +130,7 @@ class SpinLock:
 
     def release(self) -> None:
         b = _backend
-        me = b.ident() if b is not None else threading.get_ident()
+        me = b.ident() if b is not None else _get_ident()
         if self.owner != me:
             raise LockingError(
                 f"{self.kind} {self.name} released by a thread that does not hold it"
@@ -185,3 +190,16 @@ def point(label: str) -> None:
     b = _backend
     if b is not None:
         b.point(label)
+
+
+def allocated(kind: str, value: int, owner: object = None, scope: object = None) -> None:
+    """Tell the backend that an allocator just handed out ``value`` (``kind``: ``"pasid"``,
+    ``"did"``) to ``owner``; ``scope`` is the allocator (a DID is per unit).  Not a scheduling
+    point: an observer hook, so that the explorer can check "a new allocation is not in use by
+    any present entry" at the moment of allocation.  Optional for backends: one without an
+    ``allocated`` method is not told (no-op without a backend)."""
+    b = _backend
+    if b is not None:
+        hook = getattr(b, "allocated", None)
+        if hook is not None:
+            hook(kind, value, owner, scope)

@@ -182,6 +182,8 @@ class TranslationCache(Generic[K, V]):
         """Drop every entry for which ``pred(key, value)``; returns how many."""
         n = 0
         if not self.bounded:
+            if not self._all:
+                return 0  # nothing cached: nothing to test
             dead = [k for k, v in self._all.items() if pred(k, v)]
             for k in dead:
                 del self._all[k]
@@ -352,11 +354,17 @@ class Iotlb(TranslationCache[IotlbKey, IotlbEntry]):
         if granularity == "domain":
             return self.invalidate_where(lambda k, v: v.did == did and v.pgtt in pg)
         if granularity == "page":
-            _check_addr(addr, am)
-            return self.invalidate_where(
-                lambda k, v: v.did == did and v.pgtt in pg and _overlaps(v.base, v.shift, addr, am)
-            )
+            return self.invalidate_page(did, addr, am)
         raise ArgumentError("granularity", granularity, "'global', 'domain' or 'page'")
+
+    def invalidate_page(self, did: int | None, addr: int, am: int) -> int:
+        """Page-selective invalidation (``invalidate("page", ...)``): entries of ``did``
+        reachable by domain-selective flushes that overlap the 2^``am`` pages at ``addr``."""
+        if did is None:
+            raise ArgumentError("did", did, "a domain id for a non-global IOTLB flush")
+        if type(addr) is not int or addr < 0 or type(am) is not int or not 0 <= am <= 63:
+            _check_addr(addr, am)  # the typed error (int subclasses pass)
+        return _invalidate_overlapping(self, did, IOTLB_DSI_PGTTS, addr, am)
 
     def invalidate_pasid(
         self, granularity: str, did: int, pasid: int, addr: int = 0, am: int = 0
@@ -377,6 +385,20 @@ class Iotlb(TranslationCache[IotlbKey, IotlbEntry]):
                 )
             )
         raise ArgumentError("granularity", granularity, "'pasid' or 'page'")
+
+
+def _invalidate_overlapping(
+    cache: TranslationCache[Any, Any], did: int, pg: frozenset[int], addr: int, am: int
+) -> int:
+    """Drop the entries of ``did`` with a PGTT in ``pg`` overlapping the 2^``am`` pages at
+    ``addr`` (the predicate of a page-selective flush, with the block bounds computed once)."""
+    if not cache.bounded and not cache._all:
+        return 0
+    lo = addr & ~((1 << (12 + am)) - 1)
+    hi = lo + (1 << (12 + am))
+    return cache.invalidate_where(
+        lambda k, v: v.did == did and v.pgtt in pg and v.base < hi and lo < v.base + (1 << v.shift)
+    )
 
 
 class PscEntry:
@@ -427,11 +449,16 @@ class PagingStructureCache(TranslationCache[PscKey, PscEntry]):
         if granularity == "domain":
             return self.invalidate_where(lambda k, v: v.did == did and v.pgtt in pg)
         if granularity == "page":
-            _check_addr(addr, am)
-            return self.invalidate_where(
-                lambda k, v: v.did == did and v.pgtt in pg and _overlaps(v.base, v.shift, addr, am)
-            )
+            return self.invalidate_page(did, addr, am)
         raise ArgumentError("granularity", granularity, "'global', 'domain' or 'page'")
+
+    def invalidate_page(self, did: int | None, addr: int, am: int) -> int:
+        """Page-selective invalidation (``invalidate("page", ...)``)."""
+        if did is None:
+            raise ArgumentError("did", did, "a domain id for a non-global flush")
+        if type(addr) is not int or addr < 0 or type(am) is not int or not 0 <= am <= 63:
+            _check_addr(addr, am)  # the typed error (int subclasses pass)
+        return _invalidate_overlapping(self, did, IOTLB_DSI_PGTTS, addr, am)
 
     def invalidate_pasid(
         self, granularity: str, did: int, pasid: int, addr: int = 0, am: int = 0

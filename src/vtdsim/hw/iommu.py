@@ -244,6 +244,18 @@ _QiHandler = Callable[[int, int], "int | None"]
 _TYPE_NAMES = {int(t): t.name.lower() for t in D.DescType}
 
 
+_TABLES: dict[Capabilities, dict[int, R.Register]] = {}
+
+
+def _register_table(caps: Capabilities) -> dict[int, R.Register]:
+    """``R.register_table(caps)``, computed once per distinct ``caps`` (a pure function of the
+    frozen capabilities; the unit only reads it)."""
+    table = _TABLES.get(caps)
+    if table is None:
+        table = _TABLES[caps] = R.register_table(caps)
+    return table
+
+
 def _bad_int(name: str, value: object, bits: int) -> int:
     """Coerce int subclasses (not bool); raise ArgumentError otherwise."""
     if isinstance(value, int) and not isinstance(value, bool) and 0 <= value < 1 << bits:
@@ -277,7 +289,7 @@ class RemappingUnit:
         self.name = name
         self.platform = platform
         self.on_interrupt = None
-        self._table = R.register_table(caps)
+        self._table = _register_table(caps)
         self._haw_mask = (1 << caps.haw) - 1
         self._nfr = caps.fault_records
         self._translator: Any = None
@@ -352,6 +364,7 @@ class RemappingUnit:
         self._wbf = 0
         self._srtp = 0
         self._qi_tr: Any = None
+        self._qi_tr_psi: Callable[[int, int, int, bool], object] | None = None
         self._configure_qi()
         tr = self._translator
         if tr is not None:
@@ -757,6 +770,8 @@ class RemappingUnit:
                     table[D.DescType.PGRP_RESP] = lambda lo, hi: None
         self._qi_table = table
         self._qi_valid = [not getattr(h, "_invalid", False) for h in table]
+        #: source-id -> function, for device-TLB descriptors (filled by _device)
+        self._qi_devices: dict[int, Any] = {}
 
     def _iqt_written(self, old: int, v: int, part: int) -> None:
         # Writing the reserved upper dword alone moves nothing; with QI disabled the value is
@@ -800,8 +815,12 @@ class RemappingUnit:
             return  # re-entered from a side effect: the outer loop sees the new tail
         self._running = True
         try:
+            # A translator not created yet caches nothing: its invalidations are no-ops, so it
+            # is not created here (the first translate() creates it, with empty caches).
             tr = self._translator
-            self._qi_tr = tr if tr is not None else self.translator
+            if tr is not self._qi_tr or tr is None:
+                self._qi_tr = tr
+                self._qi_tr_psi = getattr(tr, "invalidate_iotlb_page", None)
             mem = self.memory
             table = self._qi_table
             valid = self._qi_valid
@@ -886,7 +905,15 @@ class RemappingUnit:
             # vtd_process_iotlb_desc "am > VTD_MAMV").
             if not self.caps.psi or am > self.caps.mamv:
                 return _IQEI_RSVD
-            if tr is not None:
+            psi = self._qi_tr_psi  # the translator's page-selective entry point, if it has one
+            if psi is not None:
+                psi(
+                    (lo >> _DID_SH) & 0xFFFF,
+                    hi & _ADDR_MASK & ~((4096 << am) - 1),
+                    am,
+                    bool(hi & _IH_BIT),
+                )
+            elif tr is not None:
                 tr.invalidate_iotlb(
                     "page",
                     did=(lo >> _DID_SH) & 0xFFFF,
@@ -905,13 +932,19 @@ class RemappingUnit:
         return None
 
     def _device(self, sid: int) -> Any:
+        dev = self._qi_devices.get(sid)  # functions found before (a platform never loses one)
+        if dev is not None:
+            return dev
         p = self.platform
         if p is None:
             return None
         try:
-            return p.device(sid)
+            dev = p.device(sid)
         except (LookupError, VtdsimError):
             return None  # no such function behind this unit: nothing caches its translations
+        if dev is not None:
+            self._qi_devices[sid] = dev
+        return dev
 
     def _qi_devtlb(self, lo: int, hi: int) -> int | None:
         if lo & _RSVD_DEVTLB[0] or hi & _RSVD_DEVTLB[1]:
@@ -927,14 +960,9 @@ class RemappingUnit:
         if lo & _W_SW:
             # Status write of the 32-bit status data (VT-d 6.5.2.8; QEMU
             # vtd_process_wait_desc).  An unwritable address is a queue error there too.
-            addr = hi & _W_SADDR
-            mem = self.memory
-            # A dword inside its aligned qword: read-modify-write through the fast qword path.
-            q_addr = addr & ~7
-            sh = (addr & 4) << 3
+            # SADDR is dword aligned: PhysicalMemory.write32 updates it inside its qword.
             try:
-                old = mem.read64(q_addr)
-                mem.write64(q_addr, (old & ~(_D32 << sh)) | (lo >> _W_SDATA_SH) << sh)
+                self.memory.write32(hi & _W_SADDR, lo >> _W_SDATA_SH)
             except MemoryAccessError:
                 return _IQEI_NA
             self._status_writes += 1

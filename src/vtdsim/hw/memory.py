@@ -47,6 +47,7 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 _PAGE_MASK = PAGE_SIZE - 1
 _Q = (1 << 64) - 1
+_ZERO_PAGE = bytes(PAGE_SIZE)
 
 if sys.byteorder != "little":  # pragma: no cover - every VT-d host is little-endian
     raise ImportError("vtdsim.hw.memory needs a little-endian host (memoryview 'Q' casts)")
@@ -196,17 +197,19 @@ class PhysicalMemory:
         return int(q[(addr & _PAGE_MASK) >> 3])
 
     def write64(self, addr: int, value: int) -> None:
-        if not isinstance(value, int) or not 0 <= value <= _Q:
-            raise ArgumentError("value", value, "an unsigned 64-bit integer")
+        if type(value) is not int or value < 0 or value > _Q:  # exact int: the common case
+            if not isinstance(value, int) or not 0 <= value <= _Q:
+                raise ArgumentError("value", value, "an unsigned 64-bit integer")
+            value = int(value)
         if addr & 7 or addr < 0 or addr + 8 > self.size:
             self._check(addr, 8)
             self.write(addr, value.to_bytes(8, "little"))
             return
         pfn = addr >> PAGE_SHIFT
-        q = self._q.get(pfn)
-        if q is None or pfn not in self._pages:
-            q = self._writable(pfn)
-        q[(addr & _PAGE_MASK) >> 3] = value
+        if pfn in self._pages:
+            self._q[pfn][(addr & _PAGE_MASK) >> 3] = value
+        else:
+            self._writable(pfn)[(addr & _PAGE_MASK) >> 3] = value
 
     def read_qwords(self, addr: int, count: int) -> tuple[int, ...]:
         """``count`` consecutive aligned qwords (a whole table entry) in one call."""
@@ -259,6 +262,14 @@ class PhysicalMemory:
     def write32(self, addr: int, value: int) -> None:
         if not isinstance(value, int) or not 0 <= value <= 0xFFFF_FFFF:
             raise ArgumentError("value", value, "an unsigned 32-bit integer")
+        if type(addr) is int and not addr & 3 and addr >= 0 and addr + 4 <= self.size:
+            # aligned dword: read-modify-write of its qword through the page's 'Q' view
+            pfn = addr >> PAGE_SHIFT
+            q = self._q[pfn] if pfn in self._pages else self._writable(pfn)
+            i = (addr & _PAGE_MASK) >> 3
+            sh = (addr & 4) << 3
+            q[i] = (q[i] & ~(0xFFFF_FFFF << sh)) | int(value) << sh
+            return
         self.write(addr, value.to_bytes(4, "little"))
 
     def read8(self, addr: int) -> int:
@@ -301,14 +312,23 @@ class PhysicalMemory:
 
     def zero_page(self, addr: int) -> None:
         """Zero the 4 KiB page at ``addr`` (page aligned)."""
+        self.zero_pages(addr, 1)
+
+    def zero_pages(self, addr: int, count: int) -> None:
+        """Zero ``count`` consecutive 4 KiB pages from ``addr`` (page aligned); checked once.
+        A page never written (and not in an image) already reads as zero: nothing to do."""
         if addr & _PAGE_MASK:
             raise ArgumentError("address", addr, "a 4 KiB aligned address")
-        self._check(addr, PAGE_SIZE)
-        pfn = addr >> PAGE_SHIFT
-        if pfn in self._pages:
-            self._pages[pfn][:] = bytes(PAGE_SIZE)
-        elif self._image is not None and pfn < self._image_pages:
-            self._install(pfn, bytearray(PAGE_SIZE))
+        self._check(addr, PAGE_SIZE * count)
+        pages = self._pages
+        first = addr >> PAGE_SHIFT
+        image_end = self._image_pages if self._image is not None else 0
+        for pfn in range(first, first + count):
+            buf = pages.get(pfn)
+            if buf is not None:
+                buf[:] = _ZERO_PAGE
+            elif pfn < image_end:
+                self._install(pfn, bytearray(PAGE_SIZE))
 
     def page_array(self, addr: int) -> npt.NDArray[np.uint64]:
         """A writable numpy ``uint64[512]`` view of the page at ``addr`` (batch table writes)."""
@@ -411,8 +431,7 @@ class FrameAllocator:
             for skipped in range(self._next, addr, PAGE_SIZE):
                 self._free.setdefault(0, []).append(skipped)
             self._next = addr + size
-        for k in range(1 << order):
-            self.memory.zero_page(addr + k * PAGE_SIZE)
+        self.memory.zero_pages(addr, 1 << order)
         self.live[addr] = (order, tag)
         self._allocs += 1
         return addr

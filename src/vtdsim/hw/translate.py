@@ -614,6 +614,8 @@ class Translator:
 
     def _drop_fast(self) -> None:
         """Fold fast-path hits into the cache counters, then forget the derived entries."""
+        if not self._fast:
+            return  # nothing derived, no pending hits
         legacy = sm = 0
         for v in self._fast.values():
             if v[5]:
@@ -650,10 +652,22 @@ class Translator:
     ) -> int:
         """IOTLB invalidation: "global", "domain" (did) or "page" (did, addr, am, ih).  Drops
         paging-structure-cache entries too, except for a page-selective flush with IH set."""
+        if granularity == "page":
+            return self.invalidate_iotlb_page(did, addr, am, ih)
         self._drop_fast()
         n = self.iotlb.invalidate(granularity, did=did, addr=addr, am=am)
-        if not (granularity == "page" and ih):
-            self.psc.invalidate(granularity, did=did, addr=addr, am=am)
+        self.psc.invalidate(granularity, did=did, addr=addr, am=am)
+        return n
+
+    def invalidate_iotlb_page(self, did: int | None, addr: int, am: int, ih: bool) -> int:
+        """Page-selective IOTLB invalidation (``invalidate_iotlb("page", ...)``, the strict
+        unmap's PSI): the IOTLB entries of ``did`` overlapping the 2^``am`` pages at ``addr``,
+        and the paging-structure-cache entries too unless ``ih``."""
+        if self._fast:
+            self._drop_fast()
+        n = self.iotlb.invalidate_page(did, addr, am)
+        if not ih:
+            self.psc.invalidate_page(did, addr, am)
         return n
 
     def invalidate_piotlb(

@@ -254,7 +254,8 @@ class V5Aux:
 
     def get_pasid(self, domain: DmarDomain) -> int:
         """``intel_iommu_aux_get_pasid``: ``default_pasid > 0 ? default_pasid : -EINVAL``
-        (a stale, freed PASID is returned as valid)."""
+        (a stale, freed PASID is returned as valid; read without any lock)."""
+        sync.shared_read("dmar_domain.default_pasid", domain)
         if domain.default_pasid > 0:
             return domain.default_pasid
         raise IommuError(errno.EINVAL, f"{domain!r} has no default PASID")

@@ -366,6 +366,9 @@ QI_PC_GLOBAL = int(_D.PasidCacheGranularity.GLOBAL)
 QI_GRAN_NONG_PASID = int(_D.PiotlbGranularity.PASID)
 QI_GRAN_PSI_PASID = int(_D.PiotlbGranularity.PAGE)
 QI_DEV_IOTLB_MAX_INVS = 32
+#: qw0 of qi_submit_sync's wait descriptor: QI_IWD_STATUS_DATA(QI_DONE) | QI_IWD_STATUS_WRITE |
+#: QI_IWD_TYPE
+_WAIT_QW0 = QI_DONE << _W_SDATA | QI_IWD_STATUS_WRITE | QI_IWD_TYPE
 VTD_PAGE_SHIFT = 12
 VTD_PAGE_MASK = ((1 << 64) - 1) ^ ((1 << VTD_PAGE_SHIFT) - 1)
 #: ``MAX_AGAW_PFN_WIDTH``: the mask used for a whole-address-space PSI.
@@ -506,6 +509,16 @@ class IntelIommu:
         )
         self._psi = cap_pgsel_inv(self.cap)
         self._mamv = cap_max_amask_val(self.cap)
+        #: ``cap_rwbf``: write-buffer flushing required (iommu_flush_write_buffer, map path)
+        self.rwbf = cap_rwbf(self.cap)
+        #: ``prepare_domain_attach_device``'s address width (set on first use)
+        self.addr_width: int | None = None
+        #: ECAP tests of the PASID-entry setup paths (``ecap_slts``, ``ecap_sc_support``,
+        #: ``ecap_srs``, ``ecap_smpwc``), decoded once
+        self.slts = ecap_slts(self.ecap)
+        self.sc = ecap_sc_support(self.ecap)
+        self.srs = ecap_srs(self.ecap)
+        self.smpwc = ecap_smpwc(self.ecap)
 
     def __repr__(self) -> str:
         return f"<IntelIommu {self.name} seq_id={self.seq_id} sm={self.sm} agaw={self.agaw}>"
@@ -636,7 +649,7 @@ class IntelIommu:
 
     def iommu_flush_write_buffer(self) -> None:
         """Linux ``iommu_flush_write_buffer``: GCMD.WBF when CAP.RWBF, wait for WBFS clear."""
-        if not cap_rwbf(self.cap):
+        if not self.rwbf:
             return
         with self.register_lock:
             self.unit.write32(DMAR_GCMD_REG, self.gcmd | DMA_GCMD_WBF)
@@ -663,43 +676,50 @@ class IntelIommu:
             raise ArgumentError("descs", count, f"at most {QI_LENGTH - 2} descriptors")
         sync.point("qi_submit_sync")
         mem = self.memory
-        w64 = mem.write64
         shift = self._qi_shift
-        wide = shift == 5
-        base = self.qi_desc
-        dirty = self._qi_dirty_hi
-        with self.qi_lock:
+        lock = self.qi_lock
+        lock.acquire()  # raw_spin_lock_irqsave(&qi->q_lock)
+        try:
             index = self._free_head
             wait_index = (index + count) % QI_LENGTH
-            slot = index
-            for d in descs:
-                off = base + (slot << shift)
-                w64(off, d[0])
-                w64(off + 8, d[1])
-                # memcpy of the 256-bit descriptor: qwords 2 and 3 are written only when they
-                # are non-zero or the slot holds non-zero ones (the bytes end up identical).
-                if wide and (d[2] or d[3] or (dirty and slot in dirty)):
-                    w64(off + 16, d[2])
-                    w64(off + 24, d[3])
-                    if d[2] or d[3]:
-                        dirty.add(slot)
-                    else:
-                        dirty.discard(slot)
-                slot = (slot + 1) % QI_LENGTH
             # desc_status[wait_index]: one qword per status word, so aligned qword accesses
             status_addr = self.qi_status + 8 * wait_index
-            w64(status_addr, QI_IN_USE)
-            wait = (QI_DONE << _W_SDATA | QI_IWD_STATUS_WRITE | QI_IWD_TYPE, status_addr, 0, 0)
-            off = base + (wait_index << shift)
-            w64(off, wait[0])
-            w64(off + 8, wait[1])
-            if wide and dirty and wait_index in dirty:
-                w64(off + 16, 0)
-                w64(off + 24, 0)
-                dirty.discard(wait_index)
-            if self.qi_trace is not None:
-                self.qi_trace.extend(descs)
-                self.qi_trace.append(wait)
+            wait = (_WAIT_QW0, status_addr, 0, 0)
+            # The memcpy: one slice for the descriptors and the wait descriptor when they fill
+            # consecutive slots of one ring page and no 256-bit slot has qwords 2-3 in use
+            # (PhysicalMemory.write_qwords), then the status word; else slot by slot.
+            last = index + count
+            words: list[int] = []
+            fast = last < QI_LENGTH and (index << shift) >> 12 == (last << shift) >> 12
+            if not fast:
+                pass
+            elif shift == 5:
+                if self._qi_dirty_hi:
+                    fast = False
+                else:
+                    for d in descs:
+                        if d[2] or d[3]:
+                            fast = False
+                            break
+                        words += d
+                    words += (_WAIT_QW0, status_addr, 0, 0)
+            else:
+                for d in descs:
+                    words += (d[0], d[1])
+                words += (_WAIT_QW0, status_addr)
+            if fast:
+                try:
+                    mem.write_qwords(self.qi_desc + (index << shift), words)
+                except ArgumentError:
+                    fast = False  # nothing written: the general copy raises at the same qword
+                else:
+                    mem.write64(status_addr, QI_IN_USE)
+            if not fast:
+                self._qi_copy(descs, index, wait_index, status_addr, wait)
+            trace = self.qi_trace
+            if trace is not None:
+                trace.extend(descs)
+                trace.append(wait)
             self._free_head = (index + count + 1) % QI_LENGTH
             self.unit.write32(DMAR_IQT_REG, self._free_head << shift)
             q = mem.qword_pages.get(status_addr >> 12)  # read-only hot-path view
@@ -708,6 +728,42 @@ class IntelIommu:
             )
             if status & 0xFFFFFFFF != QI_DONE:
                 self._qi_check_fault(index, count, wait_index, status_addr, wait)
+        finally:
+            lock.release()
+
+    def _qi_copy(
+        self, descs: Sequence[Desc], index: int, wait_index: int, status_addr: int, wait: Desc
+    ) -> None:
+        """The general memcpy of ``qi_submit_sync``, slot by slot (ring wrap, page crossing,
+        256-bit slots with qwords 2-3 in use)."""
+        w64 = self.memory.write64
+        shift = self._qi_shift
+        wide = shift == 5
+        base = self.qi_desc
+        dirty = self._qi_dirty_hi
+        slot = index
+        for d in descs:
+            off = base + (slot << shift)
+            w64(off, d[0])
+            w64(off + 8, d[1])
+            # memcpy of the 256-bit descriptor: qwords 2 and 3 are written only when they
+            # are non-zero or the slot holds non-zero ones (the bytes end up identical).
+            if wide and (d[2] or d[3] or (dirty and slot in dirty)):
+                w64(off + 16, d[2])
+                w64(off + 24, d[3])
+                if d[2] or d[3]:
+                    dirty.add(slot)
+                else:
+                    dirty.discard(slot)
+            slot = (slot + 1) % QI_LENGTH
+        w64(status_addr, QI_IN_USE)
+        off = base + (wait_index << shift)
+        w64(off, wait[0])
+        w64(off + 8, wait[1])
+        if wide and dirty and wait_index in dirty:
+            w64(off + 16, 0)
+            w64(off + 24, 0)
+            dirty.discard(wait_index)
 
     def _read_status(self, addr: int) -> int:
         return self.memory.read64(addr) & 0xFFFFFFFF
@@ -810,11 +866,14 @@ class IntelIommu:
             qw1 = addr & VTD_PAGE_MASK
         if qdep >= QI_DEV_IOTLB_MAX_INVS:
             qdep = 0
+        # QI_DEV_IOTLB_PFSID inlined (see _qi_dev_iotlb_pfsid)
+        upper = (pfsid & 0xFFF) if self.quirks.pfsid_macro_bug else (pfsid >> 4 & 0xFFF)
         qw0 = (
             (sid & 0xFFFF) << _DEV_SID
             | (qdep & 0x1F) << _DEV_QDEP
             | QI_DIOTLB_TYPE
-            | _qi_dev_iotlb_pfsid(pfsid, self.quirks.pfsid_macro_bug)
+            | (pfsid & 0xF) << _PFSID_LO
+            | upper << _PFSID_HI
         )
         return (qw0, qw1, 0, 0)
 
@@ -822,12 +881,15 @@ class IntelIommu:
         self, sid: int, pfsid: int, pasid: int, qdep: int, addr: int, size_order: int
     ) -> Desc:
         """``qi_flush_dev_iotlb_pasid`` (PASID-based device-TLB invalidation)."""
+        # QI_DEV_IOTLB_PFSID inlined (see _qi_dev_iotlb_pfsid)
+        upper = (pfsid & 0xFFF) if self.quirks.pfsid_macro_bug else (pfsid >> 4 & 0xFFF)
         qw0 = (
             (pasid & 0xFFFFF) << _PASID
             | (sid & 0xFFFF) << _PDEV_SID
             | (qdep & 0x1F) << _PDEV_QDEP
             | QI_DEIOTLB_TYPE
-            | _qi_dev_iotlb_pfsid(pfsid, self.quirks.pfsid_macro_bug)
+            | (pfsid & 0xF) << _PFSID_LO
+            | upper << _PFSID_HI
         )
         qw1 = addr & VTD_PAGE_MASK
         if size_order:
@@ -851,8 +913,8 @@ class IntelIommu:
         self.qi_submit_sync((self.desc_iotlb(did, addr, size_order, granularity),))
 
     def flush_iotlb_dsi(self, did: int) -> None:
-        """Domain-selective IOTLB invalidation."""
-        self.flush_iotlb(did, 0, 0, DMA_TLB_DSI_FLUSH)
+        """Domain-selective IOTLB invalidation (``flush_iotlb`` with ``DMA_TLB_DSI_FLUSH``)."""
+        self.qi_submit_sync((self.desc_iotlb(did, 0, 0, DMA_TLB_DSI_FLUSH),))
 
     def flush_iotlb_psi(
         self,

@@ -69,8 +69,9 @@ class DomainIdAllocator:
             self.reserved.add(FLPT_DEFAULT_DID)
         self._count = len(self.reserved)
 
-    def alloc(self) -> int:
-        """Lowest free DID (``find_first_zero_bit`` + ``set_bit``)."""
+    def alloc(self, owner: object = None) -> int:
+        """Lowest free DID (``find_first_zero_bit`` + ``set_bit``); ``owner`` (the domain) is
+        only passed on to :func:`vtdsim.driver.sync.allocated`."""
         sync.point("did_alloc")
         if self.lock is not None:
             self.lock.assert_held()
@@ -81,6 +82,7 @@ class DomainIdAllocator:
             raise IommuError(errno.ENOSPC, f"no free domain ids (cap_ndoms = {self.ndoms})")
         self._used[did] = 1
         self._count += 1
+        sync.allocated("did", did, owner, self)  # observer hook (the explorer's checks)
         return did
 
     def free(self, did: int) -> None:
@@ -131,7 +133,7 @@ def domain_attach_iommu(domain: DomainWithIommus, iommu: IntelIommu) -> int:
     if info is not None:
         info.refcnt += 1
         return info.did
-    did = iommu.domain_ids.alloc()
+    did = iommu.domain_ids.alloc(domain)
     domain.iommu_array[iommu.seq_id] = IommuDomainInfo(iommu, 1, did)
     return did
 

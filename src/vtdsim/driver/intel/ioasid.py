@@ -75,10 +75,13 @@ class PasidAllocator:
                     owners[pasid] = owner
                     if start == self._low == pasid:
                         self._low = pasid + 1
-                    return pasid
-            raise IommuError(
-                errno.ENOSPC, f"no free PASID in [{min_id}, {max_id}) (idr_alloc -ENOSPC)"
-            )
+                    break
+            else:
+                raise IommuError(
+                    errno.ENOSPC, f"no free PASID in [{min_id}, {max_id}) (idr_alloc -ENOSPC)"
+                )
+        sync.allocated("pasid", pasid, owner, self)  # observer hook (the explorer's checks)
+        return pasid
 
     def free(self, pasid: int) -> None:
         """Release ``pasid`` (``idr_remove``); raises :class:`AllocatorError` if not allocated."""

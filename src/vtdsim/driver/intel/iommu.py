@@ -105,11 +105,12 @@ class IntelIommuOps:
         *,
         aux_variant: AuxVariant = "corrected",
         pasid_allocator: PasidAllocator | None = None,
+        phys_bits: int = 52,
     ) -> None:
         self.iommus = iommus
-        #: exclusive end of the host physical addresses a page may map to: the narrowest
-        #: unit's host address width
-        self.phys_limit = 1 << min((i.unit.caps.haw for i in iommus), default=52)
+        #: exclusive end of the host physical addresses a page may map to (``phys_bits``: the
+        #: host address width; a second-level leaf holds at most bits 51:12, VT-d 9.8)
+        self.phys_limit = 1 << min(phys_bits, 52)
         #: the remapping unit covering a device (default: the PciDevice's own ``unit``)
         self._unit_for = unit_for if unit_for is not None else _device_unit
         self.device_domain_lock = sync.SpinLock("device_domain_lock")
@@ -309,8 +310,7 @@ class IntelIommuOps:
             raise IommuError(
                 errno.ERANGE,
                 f"paddr={paddr:#x} size={size:#x} ends beyond the "
-                f"{self.phys_limit.bit_length() - 1}-bit host address width of the "
-                "remapping units",
+                f"{self.phys_limit.bit_length() - 1}-bit host address width",
             )
         try:
             pgtable.map(iova, paddr, size, prot)
@@ -326,7 +326,7 @@ class IntelIommuOps:
             iommu = di.iommu
             if iommu.caching_mode:
                 iommu.flush_iotlb_psi(di.did, iova, size >> 12, map=True)
-            else:
+            elif iommu.rwbf:  # iommu_flush_write_buffer is a no-op without CAP.RWBF
                 iommu.iommu_flush_write_buffer()
 
     def unmap(self, domain: IommuDomain, iova: int, size: int) -> int:

@@ -95,9 +95,22 @@ _PE_P = 1 << PASID_ENTRY.field("P").shift
 _PE_FPD = 1 << PASID_ENTRY.field("FPD").shift
 _PE_DID = PASID_ENTRY.field("DID")
 _PE_PGTT = PASID_ENTRY.field("PGTT")
+_PE_AW = PASID_ENTRY.field("AW")
+_PE_SLPTPTR = PASID_ENTRY.field("SLPTPTR")
+_PE_PGSNP = PASID_ENTRY.field("PGSNP")
+_PE_SRE = PASID_ENTRY.field("SRE")
 _PE_PWSNP = PASID_ENTRY.field("PWSNP")
 #: VT-d 3.x NXE (bit 133), declared ignored by the 4.1 layout; Linux (5.x-6.x) still sets it.
 _PE_NXE_Q2 = 1 << PASID_ENTRY.field("IGN_134_133").shift
+# Hot-path copies of the layout (teardown reads DID/PGTT, second-level setup composes the entry
+# with shifts instead of PASID_ENTRY.encode): (qword, shift, largest value) of each field.
+_DID_W, _DID_SH, _DID_MAX = _PE_DID.word, _PE_DID.shift, (1 << _PE_DID.width) - 1
+_PGTT_W, _PGTT_SH, _PGTT_MAX = _PE_PGTT.word, _PE_PGTT.shift, (1 << _PE_PGTT.width) - 1
+_AW_W, _AW_SH, _AW_MAX = _PE_AW.word, _PE_AW.shift, (1 << _PE_AW.width) - 1
+_SLPT_W, _SLPT_MASK = _PE_SLPTPTR.word, _PE_SLPTPTR.mask
+_PGSNP_W, _PGSNP_SH = _PE_PGSNP.word, _PE_PGSNP.shift
+_SRE_W, _SRE_SH = _PE_SRE.word, _PE_SRE.shift
+_P_W, _P_BIT = PASID_ENTRY.field("P").word, _PE_P
 
 
 @dataclass
@@ -224,15 +237,14 @@ def _write_entry(iommu: IntelIommu, pte: int, words: tuple[int, ...], overwrite:
     mem = iommu.memory
     if overwrite:
         mem.write64(pte, 0)  # pasid_clear_entry: P goes first
-    for k in range(1, 8):
-        mem.write64(pte + 8 * k, words[k])
+    mem.write_qwords(pte + 8, words[1:8])  # qwords 1..7 in one slice
     mem.write64(pte, words[0])  # pasid_set_present last
 
 
 def _pwsnp(iommu: IntelIommu, words: tuple[int, ...]) -> tuple[int, ...]:
     """``pasid_set_page_snoop(pte, !!ecap_smpwc(iommu->ecap))`` (bit 87); with the 5.1 bug
     the value lands in qw1 bit 0 (DID bit 0)."""
-    if not iommu.ecap_bit("smpwc"):
+    if not iommu.smpwc:
         return words
     if iommu.quirks.pwsnp_did_bit0:
         return (words[0], words[1] | 1, *words[2:])
@@ -305,7 +317,7 @@ def _sre(iommu: IntelIommu, pasid: int) -> int:
     unit with ECAP.SRS."""
     if iommu.quirks.v5_1_entry:
         return 1
-    return int(pasid != PASID_RID2PASID and iommu.ecap_bit("srs"))
+    return int(pasid != PASID_RID2PASID and iommu.srs)
 
 
 def intel_pasid_setup_second_level(
@@ -325,7 +337,7 @@ def intel_pasid_setup_second_level(
     ``pasid_flush_caches``.  ``overwrite`` (default: ``iommu.quirks.v5_1_entry``) rewrites a
     present entry instead of failing with ``-EBUSY``.
     """
-    if not iommu.ecap_bit("slts"):
+    if not iommu.slts:
         raise IommuError(errno.EINVAL, f"No second level translation support on {iommu.name}")
     pt = domain.pgtable
     if pt is None or not pt.pgd:
@@ -333,11 +345,36 @@ def intel_pasid_setup_second_level(
     agaw, pgd = iommu_skip_agaw(iommu, pt)
     did = domain_id_iommu(domain, iommu)
     dtype = getattr(domain.type, "value", domain.type)
-    pgsnp = int(dtype == "unmanaged" and iommu.ecap_bit("sc") and not iommu.quirks.v5_1_entry)
-    words = PASID_ENTRY.encode(
-        P=1, AW=agaw, PGTT=PGTT_SL_ONLY, SLPTPTR=pgd, DID=did, PGSNP=pgsnp, SRE=_sre(iommu, pasid)
-    )
+    pgsnp = int(dtype == "unmanaged" and iommu.sc and not iommu.quirks.v5_1_entry)
+    words = _sl_entry(agaw, pgd, did, pgsnp, _sre(iommu, pasid))
     _program(iommu, info, pasid, _pwsnp(iommu, words), did, overwrite, lock_held)
+
+
+def _sl_entry(agaw: int, pgd: int, did: int, pgsnp: int, sre: int) -> tuple[int, ...]:
+    """The second-level entry of ``intel_pasid_setup_second_level`` (``pasid_set_*``):
+    ``PASID_ENTRY.encode(P=1, AW=agaw, PGTT=PGTT_SL_ONLY, SLPTPTR=pgd, DID=did, PGSNP=pgsnp,
+    SRE=sre)`` composed with the layout's shifts; out-of-range values go through ``encode``
+    for its typed error."""
+    if (
+        not 0 <= agaw <= _AW_MAX
+        or not 0 <= did <= _DID_MAX
+        or pgd < 0
+        or pgd & ~_SLPT_MASK
+        or pgsnp not in (0, 1)
+        or sre not in (0, 1)
+    ):
+        return PASID_ENTRY.encode(
+            P=1, AW=agaw, PGTT=PGTT_SL_ONLY, SLPTPTR=pgd, DID=did, PGSNP=pgsnp, SRE=sre
+        )
+    w = [0] * 8
+    w[_P_W] |= _P_BIT
+    w[_AW_W] |= agaw << _AW_SH
+    w[_PGTT_W] |= PGTT_SL_ONLY << _PGTT_SH
+    w[_SLPT_W] |= pgd  # address field: in place
+    w[_DID_W] |= did << _DID_SH
+    w[_PGSNP_W] |= pgsnp << _PGSNP_SH
+    w[_SRE_W] |= sre << _SRE_SH
+    return tuple(w)
 
 
 def intel_pasid_setup_pass_through(
@@ -441,11 +478,10 @@ def intel_pasid_tear_down_entry(
         present = bool(words[0] & _PE_P)
         if not present and not v51:
             return
-        did = _PE_DID.extract(words[1])  # pasid_get_domain_id
-        pgtt = _PE_PGTT.extract(words[0])  # pasid_pte_get_pgtt
-        mem.write64(pte, _PE_FPD if fault_ignore and present else 0)  # under iommu->lock
-        for k in range(1, 8):
-            mem.write64(pte + 8 * k, 0)
+        did = words[_DID_W] >> _DID_SH & _DID_MAX  # pasid_get_domain_id
+        pgtt = words[_PGTT_W] >> _PGTT_SH & _PGTT_MAX  # pasid_pte_get_pgtt
+        # pasid_clear_entry(_with_fpd): qword 0 then 1..7, one slice, under iommu->lock
+        mem.write_qwords(pte, (_PE_FPD if fault_ignore and present else 0, 0, 0, 0, 0, 0, 0, 0))
     finally:
         if not lock_held:
             iommu.lock.release()

@@ -545,7 +545,8 @@ class DmaPageTable:
         ih = not freelist
         for iommu, did in targets:
             iommu.flush_iotlb_psi(did, start << PAGE_SHIFT, pages, ih=ih, dev_infos=dev_infos)
-        self.free_pages(freelist)
+        if freelist:
+            self.free_pages(freelist)
         return pages << PAGE_SHIFT
 
     # -- queries and teardown -------------------------------------------------------------------
