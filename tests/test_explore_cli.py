@@ -20,9 +20,9 @@ def test_bug_exits_1_and_replays() -> None:
     assert r.exit_code == 1, r.output
     data = json.loads(r.output)
     bug = data["bugs"][0]
-    assert bug["name"] == "AllocatorError" and bug["preemptions"] == 0
+    assert bug["name"] == "double-free" and bug["preemptions"] == 0
     rep = CliRunner().invoke(explore, ["--replay", bug["schedule"], "--only", "AllocatorError"])
-    assert rep.exit_code == 1 and "BUG [exception] AllocatorError" in rep.output
+    assert rep.exit_code == 1 and "BUG [exception] double-free" in rep.output
     assert "DIVERGED" not in rep.output
 
 

@@ -61,7 +61,8 @@ __all__ = ["explore"]
 @click.option(
     "--only",
     default=None,
-    help="Look for this bug only (e.g. use-after-free, leak, AllocatorError).",
+    help="Look for this bug only (e.g. use-after-free, leak, double-free; an unknown name is a "
+    "usage error that lists the valid ones).",
 )
 @click.option("--all-bugs", is_flag=True, help="Keep searching after a bug: one per kind.")
 @click.option(
@@ -130,6 +131,7 @@ def explore(
     """Explore the thread interleavings of a driver workload and report bugs with minimal,
     replayable schedules."""
     from vtdsim.explore import base
+    from vtdsim.explore.names import check_only
 
     with input_errors():
         for m in modules:
@@ -140,6 +142,7 @@ def explore(
         if replay_schedule is not None:
             sys.exit(_replay(replay_schedule, only, step_budget, as_json))
         wl = base.get_workload(workload, variant)
+        only = check_only(wl, only)  # an unknown bug name is a usage error (exit 2)
         if por and strategy != "dfs":
             raise InputError("--por needs --strategy dfs (sleep sets are unsound with bounds)")
         if os_threads:
@@ -205,6 +208,7 @@ def _list(as_json: bool) -> None:
                 "name": name,
                 "variants": list(getattr(cls, "variants", ())),
                 "target": getattr(cls, "target", ""),
+                "v5_result": getattr(cls, "v5_result", "") or getattr(cls, "target", ""),
                 "description": getattr(cls, "description", ""),
             }
         )
@@ -212,7 +216,11 @@ def _list(as_json: bool) -> None:
         echo_json(rows)
         return
     for r in rows:
-        target = f"  [v5 bug: {r['target']}]" if r["target"] else ""
+        target = ""
+        if r["target"] and r["v5_result"] != r["target"]:
+            target = f"  [v5 bug: {r['v5_result']} (looks for {r['target']})]"
+        elif r["target"]:
+            target = f"  [v5 bug: {r['target']}]"
         click.echo(f"{r['name']:<14} {'/'.join(r['variants']):<16} {r['description']}{target}")
 
 

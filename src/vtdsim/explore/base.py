@@ -29,12 +29,13 @@ from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Any, ClassVar
 
-from vtdsim.errors import ArgumentError
+from vtdsim.errors import ArgumentError, VtdsimError
 from vtdsim.explore.invariants import Invariant
 
 __all__ = [
     "ThreadFn",
     "Workload",
+    "WorkloadError",
     "WorkloadRef",
     "get_workload",
     "register",
@@ -42,6 +43,23 @@ __all__ = [
 ]
 
 ThreadFn = Callable[[], object]
+
+
+class WorkloadError(VtdsimError):
+    """A workload's own code failed outside its threads (``setup``, ``snapshot``,
+    ``restore``): a broken workload, reported by name (exit status 2 on the command line),
+    never as a raw traceback."""
+
+
+def workload_error(workload: Workload, what: str, e: BaseException) -> WorkloadError:
+    """A :class:`WorkloadError` naming ``workload``, the stage (``what``), the exception and
+    where in the workload's code it was raised."""
+    import traceback
+
+    frames = traceback.extract_tb(e.__traceback__)
+    where = f" (at {frames[-1].filename}:{frames[-1].lineno})" if frames else ""
+    name = workload.name + (f"/{workload.variant}" if workload.variant else "")
+    return WorkloadError(f"workload {name}: {what} raised {type(e).__name__}: {e}{where}")
 
 
 class Workload:

@@ -8,7 +8,10 @@ returns) to an iterable of violation messages (empty: it holds).  ``when`` says 
   legitimately be halfway through an update); with ``quiescent=False`` after every step, even
   inside critical sections;
 * ``"end"`` — once, after every thread finished;
-* ``"both"`` — both.
+* ``"both"`` — both;
+* ``"alloc"`` — only through ``on_alloc(world, kind, value, owner, scope)``, called the moment an
+  allocator hands out an id (:func:`vtdsim.driver.sync.allocated`), inside whatever critical
+  section the allocation happens in.
 
 Users add their own: ``Invariant("no-pasid-zero", lambda w: [...], when="step")`` in a workload's
 ``invariants()`` (see ``examples/explore_custom.py``).
@@ -26,7 +29,7 @@ from typing import Any, Literal
 
 __all__ = ["Invariant", "check_all", "driver_invariants"]
 
-When = Literal["step", "end", "both"]
+When = Literal["step", "end", "both", "alloc"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -43,14 +46,20 @@ class Invariant:
     classify: Callable[[str], str] | None = None
     #: the names this invariant can report (for ``only=`` filtering); default: ``(name,)``
     names: tuple[str, ...] = ()
+    #: called at each allocation: ``(world, kind, value, owner, scope)`` -> violation messages
+    on_alloc: Callable[[Any, str, int, object, object], Iterable[str]] | None = None
 
     @property
     def at_step(self) -> bool:
-        return self.when != "end"
+        return self.when in ("step", "both")
 
     @property
     def at_end(self) -> bool:
-        return self.when != "step"
+        return self.when in ("end", "both")
+
+    @property
+    def at_alloc(self) -> bool:
+        return self.on_alloc is not None
 
     def reports(self, name: str) -> bool:
         return name == self.name or name in self.names
@@ -80,10 +89,13 @@ def driver_invariants() -> tuple[Invariant, ...]:
       attachment counts equal the live records, DIDs and references consistent;
     * ``dma-after-detach`` — no DMA succeeds through a domain after its detach returned
       (recorded by the DMA actor when it happens; checked after every step);
-    * ``leak`` (end only) — no PASID or domain ID allocated that no attached domain holds.
+    * ``leak`` (end only) — no PASID or domain ID allocated that no attached domain holds;
+    * ``new-alloc-in-use`` (at each allocation) — a PASID just handed out is not the PASID of
+      a present entry of another domain, a DID just handed out is not the DID of a present
+      entry of another domain on that unit (issue 5 item 3).
 
-    Double frees are caught where they happen: the PASID allocator raises ``AllocatorError``
-    (reported as an exception bug of that name)."""
+    Double frees are caught where they happen: the PASID allocator raises ``AllocatorError``,
+    reported as the exception bug ``double-free`` (:mod:`vtdsim.explore.names`)."""
     from vtdsim.explore.adapter import audit_category
 
     def observed(w: Any) -> Iterable[str]:
@@ -119,6 +131,13 @@ def driver_invariants() -> tuple[Invariant, ...]:
             description="Kernel.audit() without leak checks, at every quiescent step",
         ),
         Invariant(
+            "new-alloc-in-use",
+            _no_violation,
+            when="alloc",
+            on_alloc=new_alloc_in_use,
+            description="a new PASID or DID is not in use by any present entry",
+        ),
+        Invariant(
             "kernel-audit",
             end_audit,
             when="end",
@@ -127,3 +146,43 @@ def driver_invariants() -> tuple[Invariant, ...]:
             description="Kernel.audit() with leak checks, at the end",
         ),
     )
+
+
+def _no_violation(_w: Any) -> Iterable[str]:
+    return ()
+
+
+def new_alloc_in_use(w: Any, kind: str, value: int, owner: object, scope: object) -> list[str]:
+    """Violations of "a new allocation is not in use by any present entry" in a
+    :class:`~vtdsim.explore.adapter.DriverWorld` right after ``scope`` handed ``value`` to
+    ``owner``: a PASID entry present in the driver's mirror (``ops.programmed``) with that PASID
+    for another domain, or (DIDs are per unit) a present PASID entry in memory on that unit with
+    that DID for another domain.  Takes no lock (it runs inside the allocating thread's critical
+    section)."""
+    from vtdsim.driver.intel.pasid import pasid_entry_read
+
+    ops = w.kernel.ops
+    out: list[str] = []
+    if kind == "pasid":
+        for info in ops.infos.values():
+            dom = ops.programmed.get(id(info), {}).get(value)
+            if dom is not None and dom is not owner:
+                out.append(
+                    f"PASID {value} allocated to {owner!r} while a present entry of "
+                    f"{getattr(info.dev, 'bdf', info.dev)} uses it for "
+                    f"{dom!r}"
+                )
+    elif kind == "did":
+        for info in ops.infos.values():
+            if info.iommu.domain_ids is not scope:
+                continue
+            for pasid, dom in ops.programmed.get(id(info), {}).items():
+                if dom is owner:
+                    continue
+                e = pasid_entry_read(info, pasid)
+                if e is not None and e["P"] and e["DID"] == value:
+                    out.append(
+                        f"DID {value} on {info.iommu.name} allocated to {owner!r} while the "
+                        f"present PASID {pasid} entry for {dom!r} uses it"
+                    )
+    return out

@@ -250,7 +250,7 @@ def explore_parallel(
                 segs.append(seg)
                 if b is not None:
                     per.append(BoundResult(b, seg.schedules, seg.complete, bool(seg.bugs)))
-                if seg.bugs and stop_on_bug:
+                if (seg.bugs and stop_on_bug) or seg.nonterm:
                     break
                 if b is not None and seg.complete and not seg.bound_hit:
                     break
@@ -289,12 +289,21 @@ def _merge_seeds(tasks: Sequence[_SeedTask], segs: Sequence[Segment], stop: bool
             if all(b.signature != bug.signature for _j, b in out.bugs):
                 out.bugs.append((task.start + i, bug))
         out.steps += seg.steps
-        if stop and seg.bugs:
-            out.schedules = task.start + seg.bugs[0][0]
+        at = _stop_at(seg, stop)
+        if at:
+            out.schedules = task.start + at
+            out.nonterm = task.start + seg.nonterm if seg.nonterm else 0
             out.complete = False
             return out
         out.schedules += seg.schedules
     return out
+
+
+def _stop_at(seg: Segment, stop_on_bug: bool) -> int:
+    """The schedule number at which ``seg`` ended the whole search (0: it did not): its first
+    bug with ``stop_on_bug``, a non-termination bug in any case."""
+    at = [i for i in (seg.bugs[0][0] if stop_on_bug and seg.bugs else 0, seg.nonterm) if i]
+    return min(at) if at else 0
 
 
 Key = tuple[int, ...]
@@ -317,8 +326,10 @@ def _dfs_round(pool: _Pool, runner: Runner, cfg: _DfsTask, split_depth: int | No
             e = next(events, None)
             if e is None:
                 return
-            pruned, steps, bug = e
-            seg = Segment(steps=steps, pruned=int(pruned), schedules=int(not pruned))
+            pruned, steps, bug, nonterm = e
+            seg = Segment(
+                steps=steps, pruned=int(pruned), schedules=int(not pruned), nonterm=int(nonterm)
+            )
             if pruned:
                 done_p += 1
             else:
@@ -326,7 +337,7 @@ def _dfs_round(pool: _Pool, runner: Runner, cfg: _DfsTask, split_depth: int | No
                 if bug is not None:
                     seg.bugs.append((1, bug))
             pieces[(top,)] = seg
-            if seg.bugs:
+            if _stop_at(seg, cfg.stop_on_bug):
                 bug_keys.append((top,))
             top += 1
 
@@ -348,13 +359,13 @@ def _dfs_round(pool: _Pool, runner: Runner, cfg: _DfsTask, split_depth: int | No
             seg = fut.result()
             if seg.cont is None:
                 pieces[key] = seg
-                if seg.bugs:
+                if _stop_at(seg, cfg.stop_on_bug):
                     bug_keys.append(key)
                 continue
             cont = seg.cont
             seg.cont = None
             pieces[(*key, 0)] = seg
-            if cfg.stop_on_bug and bug_keys and min(bug_keys) < key:
+            if bug_keys and min(bug_keys) < key:
                 continue  # an earlier bug ends the search before this work
             floor = floors[key]
             kept, stolen = split_continuation(cont, floor)
@@ -376,8 +387,10 @@ def _merge_pieces(segs: Sequence[Segment], stop_on_bug: bool) -> Segment:
                 out.bugs.append((out.schedules + i, bug))
         out.steps += seg.steps
         out.pruned += seg.pruned
-        if stop_on_bug and seg.bugs:
-            out.schedules += seg.bugs[0][0]
+        at = _stop_at(seg, stop_on_bug)
+        if at:
+            out.nonterm = out.schedules + seg.nonterm if seg.nonterm else 0
+            out.schedules += at
             out.complete = False
             return out
         out.schedules += seg.schedules
@@ -391,13 +404,14 @@ class _HeadSegment(Segment):
 
     def __init__(self, want: str | None) -> None:
         super().__init__(want=want)
-        self.events: list[tuple[bool, int, Bug | None]] = []
+        self.events: list[tuple[bool, int, Bug | None, bool]] = []
 
     def add(self, out: Any, runner: Runner, stop_on_bug: bool) -> bool:
         nbugs = len(self.bugs)
         stop = super().add(out, runner, stop_on_bug)
         bug = self.bugs[-1][1] if len(self.bugs) > nbugs else None
-        self.events.append((bool(out.pruned), int(out.steps), bug))
+        nonterm = bool(self.nonterm) and self.nonterm == self.schedules and not out.pruned
+        self.events.append((bool(out.pruned), int(out.steps), bug, nonterm))
         return stop
 
 

@@ -68,7 +68,10 @@ class Bug:
         lines = [
             f"BUG [{self.kind}] {self.name}: {self.message}",
             f"  workload {self.workload}" + (f" ({self.variant})" if self.variant else ""),
-            f"  schedule {self.schedule}  ({self.preemptions} preemption(s), {self.steps} steps)",
+            f"  schedule {self.schedule}  ({self.preemptions} preemption(s), {self.steps} steps)"
+            if self.schedule
+            else f"  schedule: not replayable: found on OS threads ({self.steps} operations, "
+            "in the order the threads reached them)",
         ]
         if self.ops:
             shown = self.ops[-60:]
@@ -170,6 +173,11 @@ class ExplorationResult:
             lines.append(f"{name}: {self.strategy}: {self.schedules} schedules")
         if self.pruned:
             lines.append(f"{name}: {self.pruned} executions pruned by sleep sets")
+        if not self.exhausted and any(b.kind == "step-budget" for b in self.bugs):
+            lines.append(
+                f"{name}: stopped at a schedule that does not terminate (step budget); the "
+                "search never continues past one, even when collecting every bug"
+            )
         if self.bugs:
             lines.extend(b.describe() for b in self.bugs)
         else:

@@ -80,6 +80,12 @@ def _encode(choices: Sequence[int]) -> str:
     return ".".join(out)
 
 
+#: most decisions a schedule string may expand to (a schedule takes at most one decision per
+#: step, so this is far beyond any step budget in use; it keeps ``0*99999999999`` from
+#: exhausting memory)
+MAX_CHOICES = 1_000_000
+
+
 def _decode(text: str, whole: str) -> tuple[int, ...]:
     if text in ("", "-"):
         return ()
@@ -88,7 +94,14 @@ def _decode(text: str, whole: str) -> tuple[int, ...]:
         value, star, count = part.partition("*")
         if not value.isdigit() or (star and not count.isdigit()):
             raise ArgumentError("schedule", whole, "choices like 0.1*3.0 (thread*repeat)")
-        out.extend([int(value)] * (int(count) if star else 1))
+        n = int(count) if star else 1
+        if len(out) + n > MAX_CHOICES:
+            raise ArgumentError(
+                "schedule",
+                whole,
+                f"at most {MAX_CHOICES} decisions (a schedule takes at most one per step)",
+            )
+        out.extend([int(value)] * n)
     return tuple(out)
 
 

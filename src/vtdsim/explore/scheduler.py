@@ -13,12 +13,17 @@ threads as a cross-check.
 *What a scheduling point is.*  Every operation of :mod:`vtdsim.driver.sync` — lock acquire and
 release, declared unlocked reads and writes of shared state (``shared_read``/``shared_write``), and
 ``point`` (allocator entries) — calls this module's backend, which records the operation as the
-thread's *pending operation* and switches to the scheduler greenlet.  The scheduler then picks one
-*enabled* thread (a thread whose pending operation is an acquire of a lock that another thread holds
-is disabled), switches to it, the thread performs its pending operation and runs on until its next
-one.  That is one *step*; code between two points is atomic.  The driver is never patched: the
-backend is installed with ``sync.install`` for the duration of a schedule.  A step at which two or
-more threads are enabled is a *decision*; the list of choices at decisions is the schedule.
+thread's *pending operation* and takes the scheduling decision: it picks one *enabled* thread (a
+thread whose pending operation is an acquire of a lock that another thread holds is disabled), and
+that thread performs its pending operation and runs on until its next one.  That is one *step*;
+code between two points is atomic.  The decision runs in the greenlet of the thread that just
+reached its point: when that thread runs on, there is no switch at all, otherwise one direct switch
+to the chosen thread; the scheduler greenlet only starts a schedule and takes over when a thread
+finishes or the schedule ends.  Logical threads run on worker greenlets reused from schedule to
+schedule (creating a greenlet costs ~10 us, more than a whole step).  The driver is never
+patched: the backend is installed with ``sync.install`` for the duration of a schedule.  A step
+at which two or more threads are enabled is a *decision*; the list of choices at decisions is the
+schedule.
 
 *Bugs.*  No enabled thread while some are unfinished is a deadlock.  A schedule longer than the step
 budget is reported (non-termination), never a hang; a thread that runs for ``stall_s`` seconds
@@ -27,8 +32,12 @@ exception escaping a thread, or an invariant violation, ends the schedule with a
 workload and the schedule.  Invariants are checked at every decision at which no lock is held (a
 *quiescent* state another thread could observe), ``quiescent=False`` ones after every step, and all
 at the end.  A violation that is repaired before any other thread can run (a step with a single
-enabled thread) is unobservable and is not reported; skipping those checks, and taking such steps
-inline without a switch to the scheduler, is what keeps the per-step cost low.
+enabled thread) is unobservable and is not reported; skipping those checks is what keeps the
+per-step cost low.  A depth-first search re-executes the prefix of its stack in every schedule;
+the states at those decisions are the ones an earlier execution of the same choices reached and
+checked (executions are deterministic functions of their choices, which the DFS verifies at
+every replayed decision), so they are not checked again: every distinct decision state of the
+search is checked once (``Chooser.checked_prefix``).
 
 *How replay works.*  Workloads are deterministic functions of the schedule: the same choices
 reproduce the same execution.  A schedule string lists the choices up to the last non-default one
@@ -68,8 +77,9 @@ from greenlet import greenlet
 
 from vtdsim.driver import sync
 from vtdsim.driver.sync import SpinLock
-from vtdsim.explore.base import Workload
+from vtdsim.explore.base import Workload, workload_error
 from vtdsim.explore.invariants import Invariant, check_all
+from vtdsim.explore.names import check_only, exception_bug_name
 from vtdsim.explore.report import Bug, OpRecord
 from vtdsim.explore.schedule import Schedule, trace_hash
 
@@ -96,6 +106,7 @@ WRITE = "write"
 POINT = "point"
 
 _MAIN = -1  # identity of code running outside logical threads (setup, invariants)
+_STOP = object()  # sent to the scheduler greenlet by a thread that ends the schedule
 
 
 class StallError(BaseException):
@@ -114,17 +125,36 @@ class Chooser(Protocol):
         previous step (-1 at the start).  Returning None abandons the schedule (pruned).
 
         Called at decisions (two or more enabled threads) only, unless the chooser has a true
-        ``every_step`` attribute (partial-order reduction needs to see every step)."""
+        ``every_step`` attribute (partial-order reduction needs to see every step).
+
+        A chooser may also have a ``checked_prefix`` attribute: the number of leading calls
+        whose states an earlier execution of the same choices already checked (the DFS replays
+        its stack); the step invariants are not re-evaluated there."""
 
 
 class _Thread:
-    __slots__ = ("done", "error", "fn", "glet", "kind", "name", "obj", "result", "tb", "tid")
+    __slots__ = (
+        "done",
+        "error",
+        "fn",
+        "glet",
+        "kind",
+        "main",
+        "name",
+        "obj",
+        "result",
+        "started",
+        "tb",
+        "tid",
+    )
 
     def __init__(self, tid: int, name: str, fn: Any) -> None:
         self.tid = tid
         self.name = name
         self.fn = fn
         self.glet: Any = None
+        self.main: Any = None
+        self.started = False
         self.kind = START
         self.obj: Any = None
         self.done = False
@@ -216,6 +246,9 @@ class Outcome:
 class Execution:
     """One schedule of one workload; also the :class:`sync.SyncBackend` while it runs."""
 
+    #: invariants with an ``on_alloc`` check, run by :meth:`allocated` (set by the Runner)
+    alloc_invariants: Sequence[Invariant] = ()
+
     def __init__(
         self,
         world: Any,
@@ -251,6 +284,11 @@ class Execution:
         self._aborting = False
         self._live: list[_Thread] = []
         self._inline = not getattr(chooser, "every_step", False)
+        #: decisions (chooser calls) whose state was already checked in an earlier execution
+        #: of the same prefix (see :attr:`Chooser.checked_prefix`): their checks are skipped
+        self.checked_prefix = int(getattr(chooser, "checked_prefix", 0))
+        self._calls = 0
+        self._error: BaseException | None = None
         self._locks: dict[int, SpinLock] = {}
         self._objnum: dict[Any, int] = {}
         self._keep: list[object] = []
@@ -291,6 +329,38 @@ class Execution:
         lock.owner = None
         self.held -= 1
 
+    def allocated(self, kind: str, value: int, owner: object, scope: object = None) -> None:
+        """An allocator handed out ``value`` (:func:`sync.allocated`; not a scheduling point):
+        run the ``on_alloc`` invariants now, inside the allocating thread's step, and end the
+        schedule with the first violation."""
+        invs = self.alloc_invariants
+        t = self._cur
+        if not invs or t is None or self._aborting:
+            return
+        self._cur = None  # checks run outside any logical thread
+        found: tuple[str, str] | None = None
+        try:
+            for inv in invs:
+                assert inv.on_alloc is not None
+                for msg in inv.on_alloc(self.world, kind, value, owner, scope):
+                    if self.only is None or inv.reports(self.only):
+                        found = (inv.name, msg)
+                        break
+                if found is not None:
+                    break
+        except Exception as e:
+            self.bug_tb = traceback.format_exc()
+            found = ("", f"an allocation check raised: {e}")
+            self._bug("exception", type(e).__name__, found[1])
+        else:
+            if found is not None:
+                self._bug("invariant", found[0], found[1])
+        if found is None:
+            self._cur = t
+            return
+        self._main.switch(_STOP)  # the schedule ends; _kill throws _Abort in here
+        raise _Abort
+
     def access(self, label: str, key: object, write: bool) -> None:
         t = self._cur
         if t is None or self._aborting:
@@ -308,52 +378,37 @@ class Execution:
         self._yield(t)
 
     def _yield(self, t: _Thread) -> None:
-        """End the current step.  Fast path: when no other thread could run next (all others
-        finished or blocked on a held lock) and the step needs no decision, take the next step
-        inline, without switching to the scheduler (same trace, same checks)."""
-        if self._inline:
-            if t.kind is ACQUIRE and t.obj.owner is not None:
-                self._main.switch()
-                return
-            for u in self._live:
-                if u is not t and (u.kind is not ACQUIRE or u.obj.owner is None):
-                    self._main.switch()
-                    return
-            if self.steps >= self.step_budget:
-                self._main.switch()
-                return
-            for inv in self.always_invariants:
-                for _msg in inv.check(self.world):
-                    self._main.switch()
-                    return
-            self.steps += 1
-            self.trace.append((t.tid, t.kind, t.obj))
-            return
-        self._main.switch()
+        """End thread ``t``'s step (its pending operation is recorded) and take the next
+        scheduling decision right here, in ``t``'s greenlet: if ``t`` runs next, return without
+        any switch; otherwise switch directly to the chosen thread.  The scheduler greenlet is
+        only involved when a thread finishes or the schedule ends (bug, prune)."""
+        self._cur = None  # decisions and invariant checks run outside any logical thread
+        try:
+            u = self._decide(t.tid)
+        except BaseException as e:  # a strategy's own error: re-raised by the scheduler
+            self._error = e
+            u = None
+        if u is None:
+            self._main.switch(_STOP)  # the schedule ends; _kill throws _Abort in here
+            raise _Abort
+        self._cur = u
+        if u is not t:
+            if u.started:
+                u.glet.switch()
+            else:
+                u.started = True
+                u.glet.switch(u)
+            # resumed: the thread that chose us set ``self._cur``
 
     # -- the scheduler loop ----------------------------------------------------------------------
-
-    def _body(self, t: _Thread) -> Any:
-        def run() -> None:
-            try:
-                t.result = t.fn()
-            except _Abort:
-                pass
-            except StallError as e:
-                t.error = e
-                t.tb = traceback.format_exc()
-            except Exception as e:
-                t.error = e
-                t.tb = traceback.format_exc()
-            t.done = True
-
-        return run
 
     def run(self) -> Execution:
         main = greenlet.getcurrent()
         self._main = main
-        for t in self.threads:
-            t.glet = greenlet(self._body(t), main)
+        workers = _take_workers(main, len(self.threads))
+        for t, g in zip(self.threads, workers, strict=True):
+            t.glet = g
+            t.main = main
         live = list(self.threads)
         self._live = live
         previous = sync.install(self)
@@ -367,90 +422,111 @@ class Execution:
             sync.install(previous)
             for lock in self._locks.values():
                 lock.owner = None
+            _give_back([t.glet for t in self.threads if t.done or not t.started])
         return self
 
     def _loop(self, live: list[_Thread]) -> None:
+        """The scheduler greenlet: starts the first step, and takes over when a thread
+        finishes (threads take the decisions between their own steps, see :meth:`_yield`)."""
         last = -1
-        step_invs = self.step_invariants
-        always = self.always_invariants
-        budget = self.step_budget
-        chooser = self.chooser
-        choices = self.choices
-        defaults = self.defaults
-        trace = self.trace
-        every_step = getattr(chooser, "every_step", False)
         while live:
-            enabled = [t for t in live if t.kind is not ACQUIRE or t.obj.owner is None]
-            if not enabled:
-                self._bug(
-                    "deadlock",
-                    "deadlock",
-                    "no enabled thread; blocked: "
-                    + ", ".join(f"{t.name} waits for {t.obj.name}" for t in live),
-                )
+            t = self._decide(last)
+            if t is None:
                 return
-            if len(enabled) == 1 and not every_step:
-                if always and self._check_step(always):
-                    return
-                t = enabled[0]
-            else:
-                if (
-                    step_invs
-                    and (self.steps or not self.initial_checked)
-                    and self._check_step(step_invs if self.held == 0 else always)
-                ):
-                    return
-                tids = [e.tid for e in enabled]
-                tid = chooser.choose(self, tids, last)
-                if tid is None:
-                    self.pruned = self.bug_kind is None
-                    return
-                if tid not in tids:
-                    self._bug(
-                        "divergence",
-                        "divergence",
-                        f"decision {len(choices)}: thread {tid} is not enabled "
-                        f"(enabled: {tids}): the execution does not follow its schedule; the "
-                        "workload is nondeterministic or the code changed since the schedule "
-                        "was recorded",
-                    )
-                    return
-                if len(tids) > 1:
-                    last_enabled = last in tids
-                    choices.append(tid)
-                    defaults.append(tid == (last if last_enabled else tids[0]))
-                    if last_enabled and tid != last:
-                        self.preemptions += 1
-                t = self.threads[tid]
-            self.steps += 1
-            if self.steps > budget:
-                self._bug(
-                    "step-budget",
-                    "step-budget",
-                    f"schedule did not terminate within {budget} steps",
-                )
-                return
-            trace.append((t.tid, t.kind, t.obj))
             self._cur = t
-            t.glet.switch()
+            if t.started:
+                got = t.glet.switch()
+            else:
+                t.started = True
+                got = t.glet.switch(t)
             self._cur = None
-            if t.done:
-                live.remove(t)
-                if t.error is not None:
-                    e = t.error
-                    kind = "stall" if isinstance(e, StallError) else "exception"
-                    self.bug_tb = t.tb
-                    self._bug(kind, type(e).__name__, f"thread {t.name}: {e}")
-                    return
-                held = [lk.name for lk in self._locks.values() if lk.owner == t.tid]
-                if held:
-                    self._bug(
-                        "invariant",
-                        "lock-held-at-exit",
-                        f"thread {t.name} finished holding {', '.join(held)}",
-                    )
-                    return
+            if self._error is not None:
+                e = self._error
+                self._error = None
+                raise e
+            if got is _STOP or not isinstance(got, _Thread):
+                return
+            t = got
+            live.remove(t)
+            if t.error is not None:
+                e = t.error
+                kind = "stall" if isinstance(e, StallError) else "exception"
+                self.bug_tb = t.tb
+                self._bug(kind, exception_bug_name(e), f"thread {t.name}: {e}")
+                return
+            held = [lk.name for lk in self._locks.values() if lk.owner == t.tid]
+            if held:
+                self._bug(
+                    "invariant",
+                    "lock-held-at-exit",
+                    f"thread {t.name} finished holding {', '.join(held)}",
+                )
+                return
             last = t.tid
+
+    def _decide(self, last: int) -> _Thread | None:
+        """One scheduling decision after ``last``'s step (-1: the first): invariant checks,
+        the choice among enabled threads, the step count and the trace.  Returns the thread
+        to run, or None when the schedule ends (bug, prune, divergence, step budget)."""
+        live = self._live
+        enabled = [t for t in live if t.kind is not ACQUIRE or t.obj.owner is None]
+        if not enabled:
+            self._bug(
+                "deadlock",
+                "deadlock",
+                "no enabled thread; blocked: "
+                + ", ".join(f"{t.name} waits for {t.obj.name}" for t in live),
+            )
+            return None
+        if len(enabled) == 1 and self._inline:
+            always = self.always_invariants
+            if always and self._check_step(always):
+                return None
+            t = enabled[0]
+        else:
+            calls = self._calls
+            self._calls = calls + 1
+            step_invs = self.step_invariants
+            if (
+                step_invs
+                and calls >= self.checked_prefix
+                and (self.steps or not self.initial_checked)
+                and self._check_step(step_invs if self.held == 0 else self.always_invariants)
+            ):
+                return None
+            tids = [e.tid for e in enabled]
+            tid = self.chooser.choose(self, tids, last)
+            if tid is None:
+                self.pruned = self.bug_kind is None
+                return None
+            if tid not in tids:
+                self._bug(
+                    "divergence",
+                    "divergence",
+                    f"decision {len(self.choices)}: thread {tid} is not enabled "
+                    f"(enabled: {tids}): the execution does not follow its schedule; the "
+                    "workload is nondeterministic or the code changed since the schedule "
+                    "was recorded",
+                )
+                return None
+            if len(tids) > 1:
+                last_enabled = last in tids
+                self.choices.append(tid)
+                self.defaults.append(tid == (last if last_enabled else tids[0]))
+                if last_enabled and tid != last:
+                    self.preemptions += 1
+            t = self.threads[tid]
+        steps = self.steps + 1
+        self.steps = steps
+        if steps > self.step_budget:
+            self._bug(
+                "step-budget",
+                "step-budget",
+                f"schedule did not terminate within {self.step_budget} steps",
+            )
+            return None
+        self.trace.append((t.tid, t.kind, t.obj))
+        return t
 
     def _check_step(self, invs: Sequence[Invariant]) -> bool:
         try:
@@ -474,7 +550,7 @@ class Execution:
         try:
             for t in live:
                 g = t.glet
-                if g is not None and g and not g.dead:
+                if t.started and not t.done and g is not None and g and not g.dead:
                     self._cur = t
                     with contextlib.suppress(_Abort):
                         g.throw(_Abort)
@@ -489,7 +565,7 @@ class Execution:
     def pending_kinds(self, tids: Sequence[int]) -> tuple[tuple[int, str], ...]:
         """``(thread, pending operation kind)`` of ``tids`` (cheap determinism fingerprint)."""
         threads = self.threads
-        return tuple((t, threads[t].kind) for t in tids)
+        return tuple([(t, threads[t].kind) for t in tids])
 
     # -- naming (reports, hashes, partial-order reduction) ---------------------------------------
 
@@ -547,6 +623,56 @@ def _keyid(key: object) -> object:
     return id(key)
 
 
+def _worker(t: _Thread) -> None:
+    """A reusable logical-thread greenlet: runs one thread's function per task, reports its
+    end to the scheduler greenlet, and waits there for the next task (creating a greenlet
+    costs ~10 us, a switch ~0.3 us)."""
+    while True:
+        try:
+            t.result = t.fn()
+        except _Abort:
+            pass
+        except StallError as e:
+            t.error = e
+            t.tb = traceback.format_exc()
+        except Exception as e:
+            t.error = e
+            t.tb = traceback.format_exc()
+        t.done = True
+        t = t.main.switch(t)
+
+
+_pool = threading.local()
+
+
+def _take_workers(main: Any, n: int) -> list[Any]:
+    """``n`` idle worker greenlets of this OS thread (made children of ``main``), taken out of
+    the thread's pool until :func:`_give_back`."""
+    free: list[Any] | None = getattr(_pool, "free", None)
+    if free is None:
+        free = []
+        _pool.free = free
+    out: list[Any] = []
+    while free and len(out) < n:
+        g = free.pop()
+        if g.dead:
+            continue
+        if g.parent is not main:
+            g.parent = main
+        out.append(g)
+    while len(out) < n:
+        out.append(greenlet(_worker, main))
+    return out
+
+
+def _give_back(workers: list[Any]) -> None:
+    """Return idle workers to the pool (a worker still inside a task is dropped)."""
+    free: list[Any] = _pool.free
+    for g in workers:
+        if not g.dead and len(free) < 16:
+            free.append(g)
+
+
 _running: Execution | None = None
 
 
@@ -563,12 +689,15 @@ class Runner:
     ) -> None:
         self.workload = workload
         self.step_budget = step_budget
+        only = check_only(workload, only)  # ArgumentError for an unknown name
         self.only = only
         invs = tuple(workload.invariants())
         if only is not None:
             invs = tuple(i for i in invs if i.reports(only))
         self.step_invariants = tuple(i for i in invs if i.at_step) if step_checks else ()
         self.end_invariants = tuple(i for i in invs if i.at_end)
+        #: checked at each allocation (:func:`vtdsim.driver.sync.allocated`)
+        self.alloc_invariants = tuple(i for i in invs if i.at_alloc) if step_checks else ()
         self._world: Any = None
         self._snap: object | None = None
         self._dirty = False
@@ -577,6 +706,19 @@ class Runner:
         self.total_steps = 0
 
     def fresh_world(self) -> Any:
+        """The world for the next schedule.  A workload whose ``setup``/``snapshot``/``restore``
+        raises is reported as a :class:`WorkloadError` naming it (never a raw traceback)."""
+        try:
+            return self._fresh_world()
+        except Exception as e:
+            stage = (
+                "setup() (before its first schedule)"
+                if self._world is None
+                else f"the world reset before schedule {self.executions + 1}"
+            )
+            raise workload_error(self.workload, stage, e) from e
+
+    def _fresh_world(self) -> Any:
         wl = self.workload
         if self._world is None:
             self._world = wl.setup()
@@ -596,6 +738,8 @@ class Runner:
             world, wl.threads(world), chooser, self.step_invariants, self.step_budget, self.only
         )
         ex.initial_checked = self._initial_ok and self._snap is not None
+        if self.alloc_invariants:
+            ex.alloc_invariants = self.alloc_invariants
         ex.run()
         if ex.steps > 0 and not ex.pruned:
             self._initial_ok = True

@@ -38,6 +38,7 @@ from typing import Any
 
 from vtdsim.errors import ArgumentError
 from vtdsim.explore.base import Workload
+from vtdsim.explore.determinism import Fingerprint, Fingerprinter, describe
 from vtdsim.explore.report import BoundResult, Bug, ExplorationResult
 from vtdsim.explore.scheduler import (
     ACQUIRE,
@@ -166,7 +167,7 @@ class _Node:
     sleep: dict[int, Sig]
     done: dict[int, Sig]
     sigs: dict[int, Sig]
-    seen: tuple[tuple[int, str], ...] = ()  # enabled threads and their pending operation kinds
+    seen: Fingerprint = ()  # the execution's fingerprint at this decision (determinism)
 
     def freeze(self) -> NodeState:
         return NodeState(
@@ -188,7 +189,7 @@ class NodeState:
     sleep: tuple[tuple[int, Sig], ...]
     done: tuple[tuple[int, Sig], ...]
     sigs: tuple[tuple[int, Sig], ...]
-    seen: tuple[tuple[int, str], ...] = ()
+    seen: Fingerprint = ()
 
     def thaw(self) -> _Node:
         return _Node(
@@ -208,6 +209,14 @@ class DfsChooser:
         self.search = search
         self.i = 0
         self.every_step = search.por
+        # Every node on the stack was created by an earlier execution of the same prefix,
+        # right after that execution checked the invariants at that decision; executions
+        # are deterministic functions of their choices (checked below: ``seen``), so this
+        # execution reaches the very same states there: no need to check them again.
+        self.checked_prefix = len(search.stack)
+        #: the stack depth this execution must replay (a shorter execution is nondeterminism)
+        self.depth = len(search.stack)
+        self.fingerprint = Fingerprinter()
 
     def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
         s = self.search
@@ -216,14 +225,15 @@ class DfsChooser:
         stack = s.stack
         por = s.por
         sigs = {t: ex.op_signature(t) for t in enabled} if por else {}
-        seen = ex.pending_kinds(enabled)
+        seen = self.fingerprint(ex, enabled)
         if i < len(stack):
             node = stack[i]
             if node.seen != seen:
                 ex.diverge(
-                    f"step {i} of the DFS prefix: enabled threads and pending operations "
-                    f"{list(seen)} differ from the recorded {list(node.seen)}: the workload is "
-                    "nondeterministic (same schedule, different execution)"
+                    f"decision {i} of the DFS prefix: the execution ({describe(seen)}) differs "
+                    f"from the recorded one ({describe(node.seen)}): workload "
+                    f"{s.runner.workload.name} is nondeterministic (same schedule, different "
+                    "execution)"
                 )
                 return None
             return node.cands[node.idx]
@@ -267,6 +277,11 @@ class Segment:
     want: tuple[str, str] | str | None = None
     #: set when a work budget stopped the search early: the DFS stack to resume from
     cont: tuple[NodeState, ...] | None = None
+    #: schedule number (1-based) of a non-termination (step-budget) bug that stopped the
+    #: search, 0 if none.  Such a bug always stops it, even when collecting every bug: each
+    #: further schedule through a non-terminating loop costs the whole budget and the loop's
+    #: decisions multiply the tree without end
+    nonterm: int = 0
 
     def add(self, out: Outcome, runner: Runner, stop_on_bug: bool) -> bool:
         """Count an outcome; True when the search should stop.  With ``want`` set, only a bug
@@ -280,6 +295,7 @@ class Segment:
         want = self.want
         if out.failed and (
             want is None
+            or out.bug_kind == "divergence"  # a nondeterministic workload: always reported
             or (
                 out.bug_name == want
                 if isinstance(want, str)
@@ -290,6 +306,9 @@ class Segment:
             assert bug is not None
             if all(b.signature != bug.signature for _i, b in self.bugs):
                 self.bugs.append((self.schedules, bug))
+            if out.bug_kind == "step-budget":
+                self.nonterm = self.schedules
+                return True
             if stop_on_bug:
                 return True
         return False
@@ -346,7 +365,10 @@ class _Dfs:
         runner = self.runner
         while True:
             self.truncated = False
-            out = runner.execute(DfsChooser(self))
+            chooser = DfsChooser(self)
+            out = runner.execute(chooser)
+            if chooser.i < chooser.depth and not out.failed:
+                _ended_early(out, chooser, runner)
             if self.truncated and frontier is not None:
                 pos = (seg.schedules, seg.pruned)
                 frontier.append((pos, tuple(n.freeze() for n in self.stack)))
@@ -365,6 +387,20 @@ class _Dfs:
                 break
         seg.bound_hit = seg.bound_hit or self.bound_hit
         return seg
+
+
+def _ended_early(out: Outcome, chooser: DfsChooser, runner: Runner) -> None:
+    """A re-execution of a DFS prefix ended before its last recorded decision: the workload is
+    nondeterministic; the outcome becomes a divergence bug."""
+    out.pruned = False
+    out.bug_kind = "divergence"
+    out.bug_name = "divergence"
+    out.bug_message = (
+        f"the execution ended after {chooser.i} decisions, but an earlier execution of the same "
+        f"schedule prefix took {chooser.depth}: workload {runner.workload.name} is "
+        "nondeterministic (same schedule, different execution)"
+    )
+    out.ex._bug(out.bug_kind, out.bug_name, out.bug_message)
 
 
 def run_dfs_subtree(
@@ -477,8 +513,9 @@ def explore(
     ``pb``).  ``schedules``: cap on executed schedules (default: unlimited for ``dfs``/``pb``,
     1000 for ``pct``/``random``).  ``stop_on_bug``: stop at the first bug (default), else collect
     one bug per distinct signature.  ``shrink``: minimize bugs found by ``pct``/``random``.
-    ``only``: look for one bug name only (an invariant name, ``deadlock``, or an exception type
-    such as ``AllocatorError``): other invariants are not checked and other bugs are ignored.
+    ``only``: look for one bug name only (an invariant name, ``deadlock``, ``double-free``, or an
+    exception type such as ``IommuError``): other invariants are not checked and other bugs are
+    ignored; an unknown name raises ArgumentError (:func:`vtdsim.explore.names.check_only`).
     ``progress(schedules, label)`` is called every few dozen schedules (progress displays).
     """
     if strategy not in STRATEGIES:
@@ -525,7 +562,7 @@ def _explore_dfs(
         segs.append(seg)
         if b is not None:
             per.append(BoundResult(b, seg.schedules, seg.complete, bool(seg.bugs)))
-        if seg.bugs and stop_on_bug:
+        if (seg.bugs and stop_on_bug) or seg.nonterm:
             break
         if b is not None and seg.complete and not seg.bound_hit:
             break  # the bound never cut a branch: everything was explored

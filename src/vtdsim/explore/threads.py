@@ -26,8 +26,9 @@ from vtdsim.driver import sync
 from vtdsim.driver.sync import LockingError, SpinLock
 from vtdsim.explore.base import Workload
 from vtdsim.explore.invariants import check_all
-from vtdsim.explore.report import Bug, ExplorationResult
-from vtdsim.explore.scheduler import Runner
+from vtdsim.explore.names import exception_bug_name
+from vtdsim.explore.report import Bug, ExplorationResult, OpRecord
+from vtdsim.explore.scheduler import BUG_OPS, Runner
 
 __all__ = ["ThreadBackend", "run_threads"]
 
@@ -45,13 +46,19 @@ class ThreadBackend:
         self.lock_timeout_s = lock_timeout_s
         self._local = threading.local()
         self.ops = 0
+        #: ``(thread index, operation)`` in the order the threads reached them (for reports;
+        #: list.append is atomic)
+        self.trace: list[tuple[int, str]] = []
 
     def bind(self, index: int) -> None:
         """Called by each worker thread first: its own random stream."""
         self._local.rng = random.Random(f"threads:{self.seed}:{index}")
+        self._local.index = index
 
-    def _perturb(self) -> None:
+    def _perturb(self, what: str = "") -> None:
         self.ops += 1
+        if what:
+            self.trace.append((getattr(self._local, "index", -1), what))
         rng: random.Random | None = getattr(self._local, "rng", None)
         if rng is None:
             return
@@ -68,7 +75,7 @@ class ThreadBackend:
         return threading.get_ident()
 
     def acquire(self, lock: SpinLock) -> None:
-        self._perturb()
+        self._perturb(f"acquire {lock.name}")
         if not lock._lock.acquire(timeout=self.lock_timeout_s):
             raise _Deadlock(
                 f"waited {self.lock_timeout_s:g} s for {lock.name} (held by {lock.owner}): "
@@ -79,13 +86,13 @@ class ThreadBackend:
     def release(self, lock: SpinLock) -> None:
         lock.owner = None
         lock._lock.release()
-        self._perturb()
+        self._perturb(f"release {lock.name}")
 
     def access(self, label: str, key: object, write: bool) -> None:
-        self._perturb()
+        self._perturb(f"{'write' if write else 'read'} {label}")
 
     def point(self, label: str) -> None:
-        self._perturb()
+        self._perturb(f"point {label}")
 
 
 def run_threads(
@@ -172,16 +179,24 @@ def _one_run(
     finally:
         sync.install(previous)
 
+    names = [name for name, _fn in specs]
+    trace = list(backend.trace)
+    ops = tuple(
+        OpRecord(i, names[t] if 0 <= t < len(names) else "?", what)
+        for i, (t, what) in enumerate(trace)
+    )[-BUG_OPS:]
+
     def mk(kind: str, name: str, message: str, tb: str | None = None) -> Bug:
         return Bug(
             kind=kind,
             name=name,
-            message=message + " (OS-thread run; not replayable)",
+            message=message + f" (OS-thread run {it} of seed {seed}; not replayable)",
             workload=workload.name,
             variant=workload.variant,
             schedule="",
             preemptions=0,
-            steps=0,
+            steps=len(trace),
+            ops=ops,
             traceback=tb,
         )
 
@@ -191,7 +206,7 @@ def _one_run(
         if err is not None:
             name, e, tb = err
             kind = "deadlock" if isinstance(e, _Deadlock) else "exception"
-            return mk(kind, type(e).__name__, f"thread {name}: {e}", tb)
+            return mk(kind, exception_bug_name(e), f"thread {name}: {e}", tb)
     v = check_all(runner.end_invariants, world)
     if v is not None:
         return mk("invariant", v[0], v[1])

@@ -1,19 +1,39 @@
-"""Built-in workloads (a)-(d): the 2019 review's race questions, runnable on the corrected
+"""Built-in workloads (a)-(f): the 2019 review's race questions, runnable on the corrected
 driver and on the historical v5 variant (``Kernel(platform, aux_variant=...)``).
 
-=====  ===========================================================================  ============
-name   threads                                                                      v5 target
-=====  ===========================================================================  ============
-``a``  the final aux detach of D from dev0  ||  a new aux attach of D to dev1        use-after-free
-``b``  first aux attach of a fresh D to dev0  ||  first aux attach of D to dev2      leak
-``c``  final detach of D from dev0  ||  attach of D to dev1 that fails (injected     AllocatorError
-       domain-ID failure on dmar1)  ||  attach of D to dev2                          (double free)
-``d``  the final detach of D from dev0  ||  two DMAs of dev0 tagged D's PASID         (none)
-=====  ===========================================================================  ============
+=====  =====================================================================  ================
+name   threads                                                                v5 target
+=====  =====================================================================  ================
+``a``  the final aux detach of D from dev0  ||  new aux attach of D to dev1    use-after-free
+``b``  first aux attach of a fresh D to dev0  ||  first aux attach of D to     leak
+       dev2
+``c``  final detach of D from dev0  ||  attach of D to dev1 that fails         double-free
+       (injected domain-ID failure on dmar1)  ||  attach of D to dev2          (sequential)
+``d``  the final detach of D from dev0  ||  two DMAs of dev0 tagged D's       (none)
+       PASID
+``e``  the final detach of D1 from dev0  ||  the first attach of a fresh D2   new-alloc-in-use
+       to dev2
+``f``  attach of D to dev1 that fails (injected DID failure)  ||  the final   double-free
+       detach of D from dev0, which starts only once the failure fired
+=====  =====================================================================  ================
 
 Each workload's ``target`` names the bug the review predicted; ``explore(..., only=target)``
 looks for that bug alone (on v5 other defects fire too: one ``domain->auxd`` node per domain
 corrupts the device lists as soon as a domain serves two devices, which ``aux-list`` reports).
+``v5_result`` is what the explorer actually finds on v5 when it differs from ``target``: (d)
+looks for a DMA after detach and finds none on either variant (bound 3 exhausted).
+
+(c)'s double free on v5 needs no preemption and is *sequential*: the final detach completes and
+frees PASID 1 but leaves ``default_pasid`` set (stale); the failing attach then reuses the stale
+PASID and its error path frees it again.  It is the same defect as
+``test_aux_v5::test_second_cycle``, not the review's point (d).  (f) isolates point (d) -- the
+error path frees the PASID *after* dropping the locks, racing a concurrent final remove: the
+detach can only start after the attach's injected failure, so the stale path is impossible, and
+the double free needs one preemption (the detach runs between the failing attach's unlock and
+its ``auxd_refcnt`` check).  (e) is issue 5's "a new allocation is in use by a present entry":
+v5's unlink frees the PASID before tearing the entry down, under ``device_domain_lock``, so the
+state is never quiescent; the allocation-time check (``new-alloc-in-use``) reports it with one
+preemption.
 
 Invariants (:func:`vtdsim.explore.invariants.driver_invariants`) are checked after every
 quiescent step and at the end; each workload adds end checks of its own (the attach that must
@@ -28,18 +48,28 @@ from __future__ import annotations
 from collections.abc import Iterable, Sequence
 from typing import Any, ClassVar
 
+from vtdsim.driver import sync
 from vtdsim.explore import toys as _toys
 from vtdsim.explore.adapter import DriverWorld, errno_name
 from vtdsim.explore.base import ThreadFn, Workload, register
 from vtdsim.explore.invariants import Invariant, driver_invariants
 from vtdsim.explore.snapshot import GraphSnapshot
 
-__all__ = ["BUILTIN", "DriverWorkload", "WorkloadA", "WorkloadB", "WorkloadC", "WorkloadD"]
+__all__ = [
+    "BUILTIN",
+    "DriverWorkload",
+    "WorkloadA",
+    "WorkloadB",
+    "WorkloadC",
+    "WorkloadD",
+    "WorkloadE",
+    "WorkloadF",
+]
 
 assert _toys  # registers the toy workloads
 
 #: the built-in driver workloads
-BUILTIN = ("a", "b", "c", "d")
+BUILTIN = ("a", "b", "c", "d", "e", "f")
 
 
 class DriverWorkload(Workload):
@@ -49,6 +79,8 @@ class DriverWorkload(Workload):
     variants: ClassVar[tuple[str, ...]] = ("corrected", "v5")
     #: the bug the review predicted on v5 (an invariant name or an exception type)
     target: ClassVar[str] = ""
+    #: what the explorer finds on v5 when that is not ``target`` (``"none"``: no bug)
+    v5_result: ClassVar[str] = ""
 
     def setup(self) -> DriverWorld:
         w = DriverWorld(self.variant)
@@ -135,7 +167,7 @@ class WorkloadC(DriverWorkload):
     description = (
         "an attach that fails (injected DID failure) racing the final detach and another attach"
     )
-    target = "AllocatorError"
+    target = "double-free"
 
     def prepare(self, w: DriverWorld) -> None:
         w.dom = w.new_domain()
@@ -168,6 +200,7 @@ class WorkloadC(DriverWorkload):
 class WorkloadD(DriverWorkload):
     description = "a detach racing in-flight DMA from the detached device"
     target = "dma-after-detach"
+    v5_result = "none"  # bound 3 exhausted on v5 too: v5's teardown flushes before returning
 
     def prepare(self, w: DriverWorld) -> None:
         w.dom = w.new_domain()
@@ -184,3 +217,73 @@ class WorkloadD(DriverWorkload):
         if results[0] != 0:
             yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
         yield from _detached(w, w.dom, 0, w.pasid0)
+
+
+@register("e")
+class WorkloadE(DriverWorkload):
+    description = "the final aux detach of one domain racing the first aux attach of another"
+    target = "new-alloc-in-use"
+
+    def prepare(self, w: Any) -> None:
+        w.dom = w.new_domain()
+        assert w.attach(w.dom, 0) == 0
+        w.pasid0 = w.pasid(w.dom, 0)
+        w.dom2 = w.new_domain()
+
+    def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
+        return [
+            ("detach-D1-dev0", lambda: w.detach(w.dom, 0)),
+            ("attach-D2-dev2", lambda: w.attach(w.dom2, 2)),
+        ]
+
+    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+        if results[0] != 0:
+            yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
+        yield from _detached(w, w.dom, 0, w.pasid0)
+        if results[1] != 0:
+            yield f"attach of D2 to dev2 failed: {errno_name(results[1])}"  # type: ignore[arg-type]
+        else:
+            yield from _attached(w, w.dom2, 2)
+
+
+#: result of (f)'s detach thread when it ran before the injected failure (it does nothing)
+SKIPPED = 1
+
+
+@register("f")
+class WorkloadF(DriverWorkload):
+    description = (
+        "review point (d): an attach's error path frees the PASID after unlocking, racing "
+        "the final detach"
+    )
+    target = "double-free"
+
+    def prepare(self, w: DriverWorld) -> None:
+        w.dom = w.new_domain()
+        assert w.attach(w.dom, 0) == 0
+        w.pasid0 = w.pasid(w.dom, 0)
+
+    def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
+        def failing_attach() -> int:
+            w.fail_next("did")
+            return int(w.attach(w.dom, 1))
+
+        def detach_after_failure() -> int:
+            # happens-after the injected failure (inside the attach's critical section): the
+            # attach read a valid default_pasid, so v5's stale-PASID path of (c) cannot occur
+            sync.shared_read("world.fail_fired")
+            if not w.fail_fired:
+                return SKIPPED
+            return int(w.detach(w.dom, 0))
+
+        return [("attach-dev1-fails", failing_attach), ("detach-dev0", detach_after_failure)]
+
+    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+        if results[0] == 0:
+            yield "the attach with an injected DID failure succeeded"
+        if results[1] == SKIPPED:
+            yield from _attached(w, w.dom, 0)
+        elif results[1] != 0:
+            yield f"the final detach failed: {errno_name(results[1])}"  # type: ignore[arg-type]
+        else:
+            yield from _detached(w, w.dom, 0, w.pasid0)
