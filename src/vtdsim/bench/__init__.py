@@ -29,6 +29,13 @@ _REFERENCES: dict[str, str] = {
     "translate_walk_per_s": "vtdsim.bench.hw:translate_walk_per_s",
     "dma_read_64b_per_s": "vtdsim.bench.hw:dma_read_64b_per_s",
     "entry_codec_per_s": "vtdsim.bench.hw:entry_codec_per_s",
+    # interleaving explorer (issue 5): workload (a) on the corrected driver, one core;
+    # time to each seeded v5 bug (medians of several runs)
+    "explore_schedules_per_s": "vtdsim.explore.bench:explore_schedules_per_s",
+    "explore_steps_per_s": "vtdsim.explore.bench:explore_steps_per_s",
+    "explore_time_to_first_bug_a_s": "vtdsim.explore.bench:time_to_first_bug_a",
+    "explore_time_to_first_bug_b_s": "vtdsim.explore.bench:time_to_first_bug_b",
+    "explore_time_to_first_bug_c_s": "vtdsim.explore.bench:time_to_first_bug_c",
 }
 
 
