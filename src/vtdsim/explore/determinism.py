@@ -32,31 +32,33 @@ Fingerprint = tuple[Any, ...]
 class Fingerprinter:
     """The running fingerprint of one execution (one per execution)."""
 
-    __slots__ = ("crc", "pos")
+    __slots__ = ("crc", "names", "pos")
 
     def __init__(self) -> None:
         self.crc = 0
         self.pos = 0
+        #: object -> its formatted name, for this execution (first-appearance numbers are
+        #: fixed once assigned, so a name never changes within one execution)
+        self.names: dict[Any, str] = {}
 
     def __call__(self, ex: Any, enabled: Sequence[int]) -> Fingerprint:
         trace = ex.trace
         n = len(trace)
         crc = self.crc
+        names = self.names
         if self.pos < n:
             parts = []
             for tid, kind, obj in trace[self.pos : n]:
-                parts.append(f"{tid}{kind}{_name(ex, kind, obj)};")
+                parts.append(f"{tid}{kind}{_name(ex, obj, names)};")
             crc = zlib.crc32("".join(parts).encode(), crc)
             self.crc = crc
             self.pos = n
         threads = ex.threads
-        pending = tuple(
-            [(t, threads[t].kind, _name(ex, threads[t].kind, threads[t].obj)) for t in enabled]
-        )
+        pending = tuple([(t, threads[t].kind, _name(ex, threads[t].obj, names)) for t in enabled])
         return (n, crc, pending)
 
 
-def _name(ex: Any, kind: str, obj: Any) -> str:
+def _name(ex: Any, obj: Any, cache: dict[Any, str]) -> str:
     if obj is None:
         return ""
     cls = obj.__class__
@@ -66,9 +68,16 @@ def _name(ex: Any, kind: str, obj: Any) -> str:
         label, key = obj
         if not (key is None or isinstance(key, int | str | bytes | float | tuple)):
             key = id(key)  # as scheduler._keyid: objects by identity
-        return f"{label}#{ex._num(('A', label, key), obj[1])}"
-    name = getattr(obj, "name", cls.__name__)  # a lock
-    return f"{name}#{ex._num(('L', id(obj)), obj)}"
+        ckey: Any = ("A", label, key)
+        name = cache.get(ckey)
+        if name is None:
+            name = cache[ckey] = f"{label}#{ex._num(ckey, obj[1])}"
+        return name
+    lkey = ("L", id(obj))  # a lock
+    name = cache.get(lkey)
+    if name is None:
+        name = cache[lkey] = f"{getattr(obj, 'name', cls.__name__)}#{ex._num(lkey, obj)}"
+    return name
 
 
 def describe(fp: Fingerprint) -> str:
