@@ -82,6 +82,10 @@ class DomainType(enum.Enum):
         return self in (DomainType.UNMANAGED, DomainType.DMA)
 
 
+_UNMANAGED = DomainType.UNMANAGED  # module constants for the map/unmap hot paths
+_DMA = DomainType.DMA
+
+
 class Feature(enum.Enum):
     """``enum iommu_dev_features``."""
 
@@ -459,6 +463,33 @@ class IommuCore:
         prot: int = IOMMU_READ | IOMMU_WRITE,
     ) -> None:
         """``iommu_map``: map ``[iova, iova+size)`` to ``paddr`` (all 4 KiB aligned)."""
+        # Hot path: exactly the arguments every check below accepts (iommu_map's checks,
+        # inlined), else the checking path, which raises the typed error.
+        if (
+            type(iova) is int
+            and type(paddr) is int
+            and type(size) is int
+            and type(prot) is int
+            and not prot & ~_PROT_ALL
+            and size > 0
+            and iova >= 0
+            and paddr >= 0
+            and (iova | size | paddr) <= _U64
+        ):
+            try:
+                live = domain in self._domains
+            except TypeError:
+                live = False
+            if live:
+                t = domain.type
+                bitmap = domain.pgsize_bitmap
+                if (
+                    (t is _UNMANAGED or t is _DMA)
+                    and not (iova | paddr | size) & ((bitmap & -bitmap) - 1)
+                    and iova + size <= 1 << domain.aperture_bits
+                ):
+                    self.ops.map(domain, iova, paddr, size, prot)
+                    return
         d = self._domain(domain, paging=True)
         self._range(d, iova, size, paddr)
         if type(prot) is not int or prot & ~_PROT_ALL:
@@ -470,6 +501,27 @@ class IommuCore:
     def unmap(self, domain: IommuDomain, iova: int, size: int) -> int:
         """``iommu_unmap``: returns the number of bytes unmapped (the IOTLB is flushed before
         it returns: strict mode)."""
+        # Hot path: exactly the arguments every check below accepts, as in map().
+        if (
+            type(iova) is int
+            and type(size) is int
+            and size > 0
+            and iova >= 0
+            and (iova | size) <= _U64
+        ):
+            try:
+                live = domain in self._domains
+            except TypeError:
+                live = False
+            if live:
+                t = domain.type
+                bitmap = domain.pgsize_bitmap
+                if (
+                    (t is _UNMANAGED or t is _DMA)
+                    and not (iova | size) & ((bitmap & -bitmap) - 1)
+                    and iova + size <= 1 << domain.aperture_bits
+                ):
+                    return self.ops.unmap(domain, iova, size)
         d = self._domain(domain, paging=True)
         self._range(d, iova, size)
         if size == 0:

@@ -392,10 +392,23 @@ def _invalidate_overlapping(
 ) -> int:
     """Drop the entries of ``did`` with a PGTT in ``pg`` overlapping the 2^``am`` pages at
     ``addr`` (the predicate of a page-selective flush, with the block bounds computed once)."""
-    if not cache.bounded and not cache._all:
-        return 0
     lo = addr & ~((1 << (12 + am)) - 1)
     hi = lo + (1 << (12 + am))
+    if not cache.bounded:
+        # invalidate_where's unbounded branch with the predicate inlined (the strict unmap's
+        # PSI after a DMA: no lambda call per entry); same entries dropped, same counter.
+        entries = cache._all
+        if not entries:
+            return 0
+        dead = []
+        for k, v in entries.items():
+            if v.did == did and v.pgtt in pg and v.base < hi and lo < v.base + (1 << v.shift):
+                dead.append(k)
+        for k in dead:
+            del entries[k]
+        n = len(dead)
+        cache.invalidations += n
+        return n
     return cache.invalidate_where(
         lambda k, v: v.did == did and v.pgtt in pg and v.base < hi and lo < v.base + (1 << v.shift)
     )

@@ -48,7 +48,7 @@ ignored and ICC/IVT stay set (QEMU ``vtd_handle_ccmd_write``).
 from __future__ import annotations
 
 import importlib
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
 
@@ -225,6 +225,8 @@ _RSVD_IOTLB = _rsvd(D.IOTLB_DESC)
 _RSVD_DEVTLB = _rsvd(D.DEVTLB_DESC)
 # PD (page-request drain) needs ECAP.PDS, which the model never reports (OpenVMM validate).
 _RSVD_WAIT = _rsvd(D.WAIT_DESC, D.WAIT_DESC.field("PD").mask)
+_RSVD_WAIT_LO, _RSVD_WAIT_HI = _RSVD_WAIT  # the wait handler runs once per submission
+_FSTS_OFF, _IQT_OFF, _IQH_OFF = R.FSTS, R.IQT, R.IQH  # register offsets for _iqt_written
 _RSVD_PIOTLB = _rsvd(D.PIOTLB_DESC)
 _RSVD_PC = _rsvd(D.PASID_CACHE_DESC)
 _RSVD_PDEVTLB = _rsvd(D.PDEVTLB_DESC)
@@ -769,6 +771,8 @@ class RemappingUnit:
                 if caps.page_requests:
                     table[D.DescType.PGRP_RESP] = lambda lo, hi: None
         self._qi_table = table
+        #: the largest AM a page-selective IOTLB descriptor may carry (-1: no CAP.PSI)
+        self._qi_mamv = caps.mamv if caps.psi else -1
         self._qi_valid = [not getattr(h, "_invalid", False) for h in table]
         #: source-id -> function, for device-TLB descriptors (filled by _device)
         self._qi_devices: dict[int, Any] = {}
@@ -776,8 +780,73 @@ class RemappingUnit:
     def _iqt_written(self, old: int, v: int, part: int) -> None:
         # Writing the reserved upper dword alone moves nothing; with QI disabled the value is
         # only stored (VT-d 6.5.2: the queue is fetched only while QIES is set).
-        if part & 0xFFFF_FFFF and self.qi_enabled:
-            self._tail_moved()
+        if not part & 0xFFFF_FFFF or not self.qi_enabled:
+            return
+        # The hot path of every qi_submit_sync: _tail_moved inlined (same checks, same order;
+        # tests/test_perf_paths.py pins it to _tail_moved).
+        regs = self._regs
+        if regs[_FSTS_OFF] & _FSTS_IQE:
+            return  # QEMU vtd_handle_iqt_write: no fetch while IQE is pending
+        qt = regs[_IQT_OFF]
+        if self._iq_dw and qt & 0x10:
+            self._queue_error(_IQEI_MISALIGNED)  # IQT bit 4 reserved with 256-bit descriptors
+            return
+        tail = qt >> self._iq_shift
+        if tail >= self._iq_entries:
+            self._queue_error(_IQEI_TAIL)  # QEMU vtd_fetch_inv_desc: tail beyond the queue
+            return
+        self._iq_tail = tail
+        head = self._iq_head
+        if tail == head:
+            return
+        shift = self._iq_shift
+        addr = self._iq_base + (head << shift)
+        nwords = self._iq_words
+        n = (tail - head) * nwords
+        i = (addr & 0xFFF) >> 3
+        q = self.memory.qword_pages.get(addr >> 12)
+        if (
+            q is None  # not materialised: read_qwords decides (image page, fetch error)
+            or head > tail  # the ring wraps
+            or i + n > 512  # the run crosses a ring page
+            or self._running  # re-entered: the outer loop sees the new tail
+            or self._translator is not self._qi_tr  # _run_queue rebinds the translator
+        ):
+            self._run_queue()
+            return
+        # The common submission: _run_queue's first block fetched and processed here (same
+        # fetch, same handler order, same IQH, same error), without its general loop.
+        block = q[i : i + n].tolist()
+        self._running = True
+        try:
+            table = self._qi_table
+            counts = self._counts
+            wide = nwords == 4
+            err: int | None = None
+            i = 0
+            while head < tail:
+                lo = block[i]
+                hi = block[i + 1]
+                t = (lo & 0xF) | ((lo >> 5) & 0x70)
+                if wide and (block[i + 2] or block[i + 3]):
+                    # qwords 2-3 of a 256-bit descriptor are reserved (VT-d 6.5.2)
+                    err = _IQEI_RSVD if self._qi_valid[t] else table[t](lo, hi)
+                    break
+                err = table[t](lo, hi)
+                if err is not None:
+                    break
+                counts[t] += 1
+                head += 1
+                i += nwords
+            if err is None and head != self._iq_tail:
+                self._drain(head)  # a side effect moved the tail: the general loop goes on
+                return
+            self._iq_head = head
+            regs[_IQH_OFF] = head << shift
+            if err is not None:
+                self._queue_error(err)
+        finally:
+            self._running = False
 
     def _tail_moved(self) -> None:
         regs = self._regs
@@ -818,58 +887,73 @@ class RemappingUnit:
             # A translator not created yet caches nothing: its invalidations are no-ops, so it
             # is not created here (the first translate() creates it, with empty caches).
             tr = self._translator
-            if tr is not self._qi_tr or tr is None:
+            if tr is not self._qi_tr:
                 self._qi_tr = tr
                 self._qi_tr_psi = getattr(tr, "invalidate_iotlb_page", None)
-            mem = self.memory
-            table = self._qi_table
-            valid = self._qi_valid
-            counts = self._counts
-            base = self._iq_base
-            shift = self._iq_shift
-            nwords = self._iq_words
-            wide = nwords == 4
-            entries = self._iq_entries
-            per_page = 4096 >> shift
-            head = self._iq_head
-            err: int | None = None
-            while head != self._iq_tail:
-                tail = self._iq_tail
-                end = tail if tail > head else entries
-                page_end = head - head % per_page + per_page
-                if end > page_end:
-                    end = page_end
+            self._drain(self._iq_head)
+        finally:
+            self._running = False
+
+    def _drain(self, head: int) -> None:
+        """The fetch loop of :meth:`_run_queue` from ``head`` (``_running`` set by the caller):
+        process up to the latched tail (which a side effect may move), then latch IQH and
+        report the first invalid descriptor."""
+        mem = self.memory
+        table = self._qi_table
+        valid = self._qi_valid
+        counts = self._counts
+        base = self._iq_base
+        shift = self._iq_shift
+        nwords = self._iq_words
+        wide = nwords == 4
+        entries = self._iq_entries
+        per_page = 4096 >> shift
+        err: int | None = None
+        while head != self._iq_tail:
+            tail = self._iq_tail
+            end = tail if tail > head else entries
+            page_end = head - head % per_page + per_page
+            if end > page_end:
+                end = page_end
+            addr = base + (head << shift)
+            # The block never crosses a page: read it through the read-only qword view
+            # when the page is materialised (a copy, as read_qwords returns), else through
+            # read_qwords (image page, never written, or beyond memory: IQEI_FETCH).
+            q = mem.qword_pages.get(addr >> 12)
+            block: Sequence[int]
+            if q is not None:
+                i = (addr & 0xFFF) >> 3
+                block = q[i : i + (end - head) * nwords].tolist()
+            else:
                 try:
-                    block = mem.read_qwords(base + (head << shift), (end - head) * nwords)
+                    block = mem.read_qwords(addr, (end - head) * nwords)
                 except MemoryAccessError:
                     err = _IQEI_FETCH
                     break
-                i = 0
-                while head < end:
-                    lo = block[i]
-                    hi = block[i + 1]
-                    t = (lo & 0xF) | ((lo >> 5) & 0x70)
-                    if wide and (block[i + 2] or block[i + 3]):
-                        # qwords 2-3 of a 256-bit descriptor are reserved (VT-d 6.5.2); an
-                        # invalid type is still reported as such (its handler has no effects).
-                        err = _IQEI_RSVD if valid[t] else table[t](lo, hi)
-                        break
-                    err = table[t](lo, hi)
-                    if err is not None:
-                        break
-                    counts[t] += 1
-                    head += 1
-                    i += nwords
+            i = 0
+            while head < end:
+                lo = block[i]
+                hi = block[i + 1]
+                t = (lo & 0xF) | ((lo >> 5) & 0x70)
+                if wide and (block[i + 2] or block[i + 3]):
+                    # qwords 2-3 of a 256-bit descriptor are reserved (VT-d 6.5.2); an
+                    # invalid type is still reported as such (its handler has no effects).
+                    err = _IQEI_RSVD if valid[t] else table[t](lo, hi)
+                    break
+                err = table[t](lo, hi)
                 if err is not None:
                     break
-                if head == entries:
-                    head = 0
-            self._iq_head = head
-            self._regs[R.IQH] = head << shift
+                counts[t] += 1
+                head += 1
+                i += nwords
             if err is not None:
-                self._queue_error(err)
-        finally:
-            self._running = False
+                break
+            if head == entries:
+                head = 0
+        self._iq_head = head
+        self._regs[R.IQH] = head << shift
+        if err is not None:
+            self._queue_error(err)
 
     # descriptor handlers: return None when done, else the IQEI code of the error
 
@@ -903,7 +987,7 @@ class RemappingUnit:
             am = hi & _AM_MASK
             # PSI needs CAP.PSI and AM <= CAP.MAMV (OpenVMM validate; QEMU
             # vtd_process_iotlb_desc "am > VTD_MAMV").
-            if not self.caps.psi or am > self.caps.mamv:
+            if am > self._qi_mamv:  # -1 without CAP.PSI
                 return _IQEI_RSVD
             psi = self._qi_tr_psi  # the translator's page-selective entry point, if it has one
             if psi is not None:
@@ -949,13 +1033,16 @@ class RemappingUnit:
     def _qi_devtlb(self, lo: int, hi: int) -> int | None:
         if lo & _RSVD_DEVTLB[0] or hi & _RSVD_DEVTLB[1]:
             return _IQEI_RSVD
-        dev = self._device((lo >> _DEV_SID_SH) & 0xFFFF)
+        sid = (lo >> _DEV_SID_SH) & 0xFFFF
+        dev = self._qi_devices.get(sid)  # _device's cache, looked up inline
+        if dev is None:
+            dev = self._device(sid)
         if dev is not None:
             dev.invalidate_devtlb(None, hi & _ADDR_MASK, bool(hi & _DEV_S))
         return None
 
     def _qi_wait(self, lo: int, hi: int) -> int | None:
-        if lo & _RSVD_WAIT[0] or hi & _RSVD_WAIT[1]:
+        if lo & _RSVD_WAIT_LO or hi & _RSVD_WAIT_HI:
             return _IQEI_RSVD
         if lo & _W_SW:
             # Status write of the 32-bit status data (VT-d 6.5.2.8; QEMU
@@ -1017,7 +1104,10 @@ class RemappingUnit:
     def _qi_pdevtlb(self, lo: int, hi: int) -> int | None:
         if lo & _RSVD_PDEVTLB[0] or hi & _RSVD_PDEVTLB[1]:
             return _IQEI_RSVD
-        dev = self._device((lo >> _PDEV_SID_SH) & 0xFFFF)
+        sid = (lo >> _PDEV_SID_SH) & 0xFFFF
+        dev = self._qi_devices.get(sid)  # _device's cache, looked up inline
+        if dev is None:
+            dev = self._device(sid)
         if dev is not None:
             dev.invalidate_devtlb(
                 (lo >> _PASID_SH) & _PASID_MASK, hi & _ADDR_MASK, bool(hi & _PDEV_S)

@@ -21,6 +21,7 @@ from __future__ import annotations
 
 import mmap
 import os
+import struct
 import sys
 from array import array
 from collections.abc import Callable, Iterator
@@ -51,6 +52,10 @@ _ZERO_PAGE = bytes(PAGE_SIZE)
 
 if sys.byteorder != "little":  # pragma: no cover - every VT-d host is little-endian
     raise ImportError("vtdsim.hw.memory needs a little-endian host (memoryview 'Q' casts)")
+
+
+#: n -> ``struct.Struct(f"={n}Q").pack_into`` (PhysicalMemory.write_qwords)
+_PACK_INTO: dict[int, Callable[..., None]] = {}
 
 
 class PhysicalMemory:
@@ -239,6 +244,19 @@ class PhysicalMemory:
         if type(addr) is int and not addr & 7 and addr >= 0 and addr + 8 * n <= self.size:
             i = (addr & _PAGE_MASK) >> 3
             if 0 < n <= 512 - i:
+                buf = self._pages.get(addr >> PAGE_SHIFT)
+                if buf is not None:
+                    # A written page: one struct.pack_into into its bytes (native order, as
+                    # the 'Q' views), which range-checks every value before writing any.
+                    pack = _PACK_INTO.get(n)
+                    if pack is None:
+                        pack = _PACK_INTO[n] = struct.Struct(f"={n}Q").pack_into
+                    try:
+                        pack(buf, addr & _PAGE_MASK, *values)
+                    except struct.error:
+                        pass  # fall through to the checking path for a typed error
+                    else:
+                        return
                 try:
                     packed = array("Q", values)
                 except (OverflowError, TypeError):
@@ -260,8 +278,10 @@ class PhysicalMemory:
         return int.from_bytes(self.read(addr, 4), "little")
 
     def write32(self, addr: int, value: int) -> None:
-        if not isinstance(value, int) or not 0 <= value <= 0xFFFF_FFFF:
-            raise ArgumentError("value", value, "an unsigned 32-bit integer")
+        if type(value) is not int or value < 0 or value > 0xFFFF_FFFF:  # exact int: common
+            if not isinstance(value, int) or not 0 <= value <= 0xFFFF_FFFF:
+                raise ArgumentError("value", value, "an unsigned 32-bit integer")
+            value = int(value)
         if type(addr) is int and not addr & 3 and addr >= 0 and addr + 4 <= self.size:
             # aligned dword: read-modify-write of its qword through the page's 'Q' view
             pfn = addr >> PAGE_SHIFT

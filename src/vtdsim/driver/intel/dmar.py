@@ -508,6 +508,10 @@ class IntelIommu:
             int(cap_read_drain(self.cap)) << _IOTLB_DR | int(cap_write_drain(self.cap)) << _IOTLB_DW
         )
         self._psi = cap_pgsel_inv(self.cap)
+        #: DID -> qword 0 of its page-selective IOTLB descriptor (_flush_iotlb_psi)
+        self._psi_qw0: dict[int, int] = {}
+        #: (bus, devfn, pfsid, qdep) -> qword 0 of its device-TLB descriptor (_flush_iotlb_psi)
+        self._devtlb_qw0: dict[tuple[int, int, int, int], int] = {}
         self._mamv = cap_max_amask_val(self.cap)
         #: ``cap_rwbf``: write-buffer flushing required (iommu_flush_write_buffer, map path)
         self.rwbf = cap_rwbf(self.cap)
@@ -681,53 +685,53 @@ class IntelIommu:
         lock.acquire()  # raw_spin_lock_irqsave(&qi->q_lock)
         try:
             index = self._free_head
-            wait_index = (index + count) % QI_LENGTH
+            last = index + count  # the wait descriptor's slot, before the wrap
+            wait_index = last if last < QI_LENGTH else last - QI_LENGTH  # count + 2 <= length
             # desc_status[wait_index]: one qword per status word, so aligned qword accesses
             status_addr = self.qi_status + 8 * wait_index
-            wait = (_WAIT_QW0, status_addr, 0, 0)
             # The memcpy: one slice for the descriptors and the wait descriptor when they fill
             # consecutive slots of one ring page and no 256-bit slot has qwords 2-3 in use
             # (PhysicalMemory.write_qwords), then the status word; else slot by slot.
-            last = index + count
-            words: list[int] = []
             fast = last < QI_LENGTH and (index << shift) >> 12 == (last << shift) >> 12
-            if not fast:
-                pass
-            elif shift == 5:
-                if self._qi_dirty_hi:
-                    fast = False
+            if fast:
+                words: list[int] = []
+                if shift == 5:
+                    if self._qi_dirty_hi:
+                        fast = False
+                    else:
+                        for d in descs:
+                            if d[2] or d[3]:
+                                fast = False
+                                break
+                            words += d
+                        words += (_WAIT_QW0, status_addr, 0, 0)
                 else:
                     for d in descs:
-                        if d[2] or d[3]:
-                            fast = False
-                            break
-                        words += d
-                    words += (_WAIT_QW0, status_addr, 0, 0)
-            else:
-                for d in descs:
-                    words += (d[0], d[1])
-                words += (_WAIT_QW0, status_addr)
-            if fast:
-                try:
-                    mem.write_qwords(self.qi_desc + (index << shift), words)
-                except ArgumentError:
-                    fast = False  # nothing written: the general copy raises at the same qword
-                else:
-                    mem.write64(status_addr, QI_IN_USE)
+                        words += (d[0], d[1])
+                    words += (_WAIT_QW0, status_addr)
+                if fast:
+                    try:
+                        mem.write_qwords(self.qi_desc + (index << shift), words)
+                    except ArgumentError:
+                        fast = False  # nothing written: the general copy raises at the same qword
+                    else:
+                        mem.write64(status_addr, QI_IN_USE)
             if not fast:
-                self._qi_copy(descs, index, wait_index, status_addr, wait)
+                self._qi_copy(descs, index, wait_index, status_addr, (_WAIT_QW0, status_addr, 0, 0))
             trace = self.qi_trace
             if trace is not None:
                 trace.extend(descs)
-                trace.append(wait)
-            self._free_head = (index + count + 1) % QI_LENGTH
-            self.unit.write32(DMAR_IQT_REG, self._free_head << shift)
+                trace.append((_WAIT_QW0, status_addr, 0, 0))
+            self._free_head = head = wait_index + 1 if wait_index + 1 < QI_LENGTH else 0
+            self.unit.write32(DMAR_IQT_REG, head << shift)
             q = mem.qword_pages.get(status_addr >> 12)  # read-only hot-path view
             status = (
                 int(q[(status_addr & 0xFFF) >> 3]) if q is not None else mem.read64(status_addr)
             )
             if status & 0xFFFFFFFF != QI_DONE:
-                self._qi_check_fault(index, count, wait_index, status_addr, wait)
+                self._qi_check_fault(
+                    index, count, wait_index, status_addr, (_WAIT_QW0, status_addr, 0, 0)
+                )
         finally:
             lock.release()
 
@@ -937,6 +941,48 @@ class IntelIommu:
         descriptor; a device behind another unit is flushed on its own unit.  ``ih``: the
         invalidation hint (no page-table page freed), dropped by the QI encoding as in Linux.
         """
+        self._flush_iotlb_psi(did, addr, pages, ih, map, dev_infos)
+
+    def _flush_iotlb_psi(
+        self,
+        did: int,
+        addr: int,
+        pages: int,
+        ih: bool,
+        map: bool,
+        dev_infos: Iterable[DeviceDomainInfo],
+    ) -> None:
+        """:meth:`flush_iotlb_psi` with positional arguments (the strict-unmap hot path)."""
+        if pages == 1 and self._psi:
+            # The strict 4 KiB unmap: AM 0 (always <= MAMV); desc_iotlb's and
+            # desc_dev_iotlb's encodings with the address masked as VTD_PAGE_MASK does (the
+            # IH bit 6 is dropped, as QI_IOTLB_ADDR does), qword 0 of the PSI descriptor
+            # computed once per DID.
+            aligned_addr = addr & VTD_PAGE_MASK
+            qw0 = self._psi_qw0.get(did)
+            if qw0 is None:
+                qw0 = self.desc_iotlb(did, 0, 0, DMA_TLB_PSI_FLUSH)[0]
+                self._psi_qw0[did] = qw0
+            batch = [(qw0, aligned_addr, 0, 0)]
+            if not self.caching_mode or not map:
+                for info in dev_infos:
+                    if not info.ats_enabled:
+                        continue
+                    if info.iommu is self:
+                        # desc_dev_iotlb(sid, pfsid, qdep, aligned_addr, 0): qword 1 is the
+                        # address; qword 0 depends on (sid = bus:devfn, pfsid, qdep) only,
+                        # computed once.
+                        key = (info.bus, info.devfn, info.pfsid, info.ats_qdep)
+                        dqw0 = self._devtlb_qw0.get(key)
+                        if dqw0 is None:
+                            sid = info.bus << 8 | info.devfn  # info.sid (PCI_DEVID)
+                            dqw0 = self.desc_dev_iotlb(sid, info.pfsid, info.ats_qdep, 0, 0)[0]
+                            self._devtlb_qw0[key] = dqw0
+                        batch.append((dqw0, aligned_addr, 0, 0))
+                    else:
+                        info.iommu.flush_dev_iotlb(info, 0, aligned_addr, 0)
+            self.qi_submit_sync(batch)
+            return
         if pages == 1:  # the strict 4 KiB unmap: no alignment search
             aligned_addr, mask = addr & VTD_PAGE_MASK, 0
         else:

@@ -226,7 +226,10 @@ class DmaPageTable:
                 errno.EINVAL,
                 f"unaligned map: iova {iova:#x} pa {paddr:#x} size {size:#x} (min page 0x1000)",
             )
-        pte_prot = self.prot_bits(prot)
+        # prot_bits(prot), inlined (hot path)
+        pte_prot = prot & (DMA_PTE_READ | DMA_PTE_WRITE)
+        if prot & (IOMMU_CACHE | DMA_PTE_SNP) and self.snooping:
+            pte_prot |= DMA_PTE_SNP
         # Linux updates dma_pte tables without a lock (callers own disjoint ranges)
         sync.shared_write("dma_pte", self)
         if not pte_prot & _PRESENT:
@@ -242,6 +245,19 @@ class DmaPageTable:
         iov_pfn = iova >> PAGE_SHIFT
         phys_pfn = paddr >> PAGE_SHIFT
         nr = size >> PAGE_SHIFT
+        if nr == 1:
+            # 4 KiB hot path with the level-1 table known (_walk_fast's cache): one entry.
+            table = self._l1.get(iov_pfn >> LEVEL_STRIDE, 0)
+            if table:
+                mem = self.memory
+                slot = table + ((iov_pfn & _IDX) << 3)
+                old = mem.read64(slot)
+                if old & _PRESENT:
+                    raise self._exists(iov_pfn, old)
+                mem.write64(slot, phys_pfn << PAGE_SHIFT | pte_prot)
+                if self.max_addr < end:
+                    self.max_addr = end
+                return
         written: list[tuple[int, int, int]] = []
         created: list[tuple[int, int]] = []
         try:
@@ -422,9 +438,25 @@ class DmaPageTable:
 
     def _unmap(self, iova: int, size: int) -> tuple[int, int, list[int]]:
         sync.shared_write("dma_pte", self)  # lockless, as Linux's dma_pte_clear_level
-        if size == PAGE_SIZE and not self.pending and self._unmap_4k(iova):
+        return self._unmap_cleared(iova, size)
+
+    def _unmap_cleared(self, iova: int, size: int) -> tuple[int, int, list[int]]:
+        """:meth:`_unmap` after its ``shared_write`` declaration."""
+        if (
+            size == PAGE_SIZE
+            and not self.pending
+            and not iova & (PAGE_SIZE - 1)
+            and iova >= 0
+            and not iova >> self._va_bits
+        ):
+            # _unmap_4k inlined (hot path; tests/test_perf_paths.py pins it to the general path)
             pfn = iova >> PAGE_SHIFT
-            return pfn, pfn, []
+            table = self._l1.get(pfn >> LEVEL_STRIDE, 0) or self._walk_fast(pfn)
+            if table:
+                self.memory.write64(table + ((pfn & _IDX) << 3), 0)
+                if self.max_addr == iova + PAGE_SIZE:
+                    self.max_addr = iova
+                return pfn, pfn, []
         start, last = self._unmap_range(iova, size)
         freelist = self.pending
         self.pending = []
@@ -540,11 +572,30 @@ class DmaPageTable:
         to, ``iommu_flush_iotlb_psi`` (PSI or DSI, then the device TLBs of ``dev_infos``), then
         the detached pages are freed (Linux ``intel_iommu_unmap`` + ``intel_iommu_tlb_sync``).
         Returns the unmapped size, only when every flush completed."""
-        start, last, freelist = self._unmap(iova, size)
+        sync.shared_write("dma_pte", self)  # _unmap's declaration, then its 4 KiB hot path
+        if (
+            size == PAGE_SIZE
+            and not self.pending
+            and not iova & (PAGE_SIZE - 1)
+            and iova >= 0
+            and not iova >> self._va_bits
+        ):
+            pfn = iova >> PAGE_SHIFT
+            table = self._l1.get(pfn >> LEVEL_STRIDE, 0) or self._walk_fast(pfn)
+            if table:
+                self.memory.write64(table + ((pfn & _IDX) << 3), 0)
+                if self.max_addr == iova + PAGE_SIZE:
+                    self.max_addr = iova
+                for iommu, did in targets:
+                    # flush_iotlb_psi(did, iova, 1, ih=True, dev_infos=dev_infos): no page freed
+                    iommu._flush_iotlb_psi(did, iova, 1, True, False, dev_infos)
+                return PAGE_SIZE
+        start, last, freelist = self._unmap_cleared(iova, size)
         pages = last - start + 1
         ih = not freelist
         for iommu, did in targets:
-            iommu.flush_iotlb_psi(did, start << PAGE_SHIFT, pages, ih=ih, dev_infos=dev_infos)
+            # flush_iotlb_psi(did, addr, pages, ih=ih, dev_infos=dev_infos), positionally
+            iommu._flush_iotlb_psi(did, start << PAGE_SHIFT, pages, ih, False, dev_infos)
         if freelist:
             self.free_pages(freelist)
         return pages << PAGE_SHIFT
