@@ -29,6 +29,11 @@ _REFERENCES: dict[str, str] = {
     "translate_walk_per_s": "vtdsim.bench.hw:translate_walk_per_s",
     "dma_read_64b_per_s": "vtdsim.bench.hw:dma_read_64b_per_s",
     "entry_codec_per_s": "vtdsim.bench.hw:entry_codec_per_s",
+    # driver through the core API, strict invalidation (issue 3)
+    "map_unmap_4k_pairs_per_s": "vtdsim.bench.driver:map_unmap_4k_pairs_per_s",
+    "map_1gib_4k_s": "vtdsim.bench.driver:map_1gib_4k_s",
+    "aux_attach_detach_per_s": "vtdsim.bench.driver:aux_attach_detach_per_s",
+    "translate_driver_tables_per_s": "vtdsim.bench.driver:translate_driver_tables_per_s",
     # interleaving explorer (issue 5): workload (a) on the corrected driver, one core;
     # time to each seeded v5 bug (medians of several runs)
     "explore_schedules_per_s": "vtdsim.explore.bench:explore_schedules_per_s",

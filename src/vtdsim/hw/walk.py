@@ -1475,7 +1475,7 @@ class Walker:
         :meth:`walk`, which decides.  Same checks as the general walk, in the same order,
         reading memory through ``PhysicalMemory.qword_pages``.
 
-        Speed (``benchmarks/bench_hw.py translate_walk_per_s``): every mask, shift and
+        Speed (``vtdsim bench --only translate_walk_per_s``): every mask, shift and
         capability test is a closure constant computed here from the layouts; per-level data
         are tuples indexed by level; AW -> level count and AW -> address limit are looked up,
         not recomputed; tables found through page-aligned pointers (context table, PASID

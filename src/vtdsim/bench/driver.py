@@ -138,7 +138,7 @@ def translate_driver_tables_per_s(pages: int = 4096, runs: int = 5) -> float:
     return _median(run, runs)
 
 
-if __name__ == "__main__":  # pragma: no cover
+if __name__ == "__main__":  # pragma: no cover - python -m vtdsim.bench.driver
     print(f"map+unmap 4K pairs/s : {map_unmap_4k_pairs_per_s():,.0f}")
     print(f"  (unattached)       : {map_unmap_4k_unattached_per_s():,.0f}")
     print(f"  (after one DMA)    : {map_unmap_4k_pairs_per_s(after_dma=True):,.0f}")
