@@ -32,7 +32,7 @@ import random
 from collections import OrderedDict
 from collections.abc import Callable, Hashable, Iterator
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import Any, Generic, Protocol, TypeVar
 
 from vtdsim.errors import ArgumentError
 from vtdsim.hw.caps import CacheGeometry
@@ -323,25 +323,25 @@ def _check_addr(addr: int, am: int) -> None:
         raise ArgumentError("am", am, "an address mask 0..63")
 
 
-class Iotlb(TranslationCache[IotlbKey, IotlbEntry]):
-    """IOTLB: key ``(did, pasid, shift, page number)``."""
+class _Tagged(Protocol):
+    """What an IOTLB or paging-structure-cache entry carries for invalidation."""
 
-    def find(self, did: int, pasid: int | None, addr: int) -> IotlbEntry | None:
-        """The entry covering ``addr`` at any page size (one counted lookup)."""
-        if not self.enabled:
-            self.misses += 1
-            return None
-        peek = self.peek
-        for shift in (12, 21, 30):
-            key = (did, pasid, shift, addr >> shift)
-            e = peek(key)
-            if e is not None:
-                return self.lookup(key)  # counts the hit, updates LRU
-        self.misses += 1
-        return None
+    did: int
+    pasid: int | None
+    pgtt: int
+    base: int
+    shift: int
 
-    def fill(self, e: IotlbEntry) -> None:
-        self.insert((e.did, e.pasid, e.shift, e.base >> e.shift), e)
+
+T = TypeVar("T", bound=_Tagged)
+
+
+class _DomainTaggedCache(TranslationCache[K, T]):
+    """A cache whose entries carry ``did``, ``pasid``, ``pgtt``, ``base`` and ``shift``: the
+    IOTLB and the paging-structure caches, which the same IOTLB and PASID-based IOTLB
+    invalidations reach (VT-d 6.5.2.3, 6.5.2.4)."""
+
+    flush_name = "flush"
 
     def invalidate(
         self, granularity: str, did: int | None = None, addr: int = 0, am: int = 0
@@ -349,7 +349,7 @@ class Iotlb(TranslationCache[IotlbKey, IotlbEntry]):
         if granularity == "global":
             return self.invalidate_all()
         if did is None:
-            raise ArgumentError("did", did, "a domain id for a non-global IOTLB flush")
+            raise ArgumentError("did", did, f"a domain id for a non-global {self.flush_name}")
         pg = IOTLB_DSI_PGTTS
         if granularity == "domain":
             return self.invalidate_where(lambda k, v: v.did == did and v.pgtt in pg)
@@ -361,7 +361,7 @@ class Iotlb(TranslationCache[IotlbKey, IotlbEntry]):
         """Page-selective invalidation (``invalidate("page", ...)``): entries of ``did``
         reachable by domain-selective flushes that overlap the 2^``am`` pages at ``addr``."""
         if did is None:
-            raise ArgumentError("did", did, "a domain id for a non-global IOTLB flush")
+            raise ArgumentError("did", did, f"a domain id for a non-global {self.flush_name}")
         if type(addr) is not int or addr < 0 or type(am) is not int or not 0 <= am <= 63:
             _check_addr(addr, am)  # the typed error (int subclasses pass)
         return _invalidate_overlapping(self, did, IOTLB_DSI_PGTTS, addr, am)
@@ -385,6 +385,29 @@ class Iotlb(TranslationCache[IotlbKey, IotlbEntry]):
                 )
             )
         raise ArgumentError("granularity", granularity, "'pasid' or 'page'")
+
+
+class Iotlb(_DomainTaggedCache[IotlbKey, IotlbEntry]):
+    """IOTLB: key ``(did, pasid, shift, page number)``."""
+
+    flush_name = "IOTLB flush"
+
+    def find(self, did: int, pasid: int | None, addr: int) -> IotlbEntry | None:
+        """The entry covering ``addr`` at any page size (one counted lookup)."""
+        if not self.enabled:
+            self.misses += 1
+            return None
+        peek = self.peek
+        for shift in (12, 21, 30):
+            key = (did, pasid, shift, addr >> shift)
+            e = peek(key)
+            if e is not None:
+                return self.lookup(key)  # counts the hit, updates LRU
+        self.misses += 1
+        return None
+
+    def fill(self, e: IotlbEntry) -> None:
+        self.insert((e.did, e.pasid, e.shift, e.base >> e.shift), e)
 
 
 def _invalidate_overlapping(
@@ -448,47 +471,5 @@ class PscEntry:
 PscKey = tuple[int, int | None, int, int, int]  # (did, pasid, pgtt, level, addr >> shift)
 
 
-class PagingStructureCache(TranslationCache[PscKey, PscEntry]):
+class PagingStructureCache(_DomainTaggedCache[PscKey, PscEntry]):
     """Paging-structure caches (all levels, both stages) in one store."""
-
-    def invalidate(
-        self, granularity: str, did: int | None = None, addr: int = 0, am: int = 0
-    ) -> int:
-        if granularity == "global":
-            return self.invalidate_all()
-        if did is None:
-            raise ArgumentError("did", did, "a domain id for a non-global flush")
-        pg = IOTLB_DSI_PGTTS
-        if granularity == "domain":
-            return self.invalidate_where(lambda k, v: v.did == did and v.pgtt in pg)
-        if granularity == "page":
-            return self.invalidate_page(did, addr, am)
-        raise ArgumentError("granularity", granularity, "'global', 'domain' or 'page'")
-
-    def invalidate_page(self, did: int | None, addr: int, am: int) -> int:
-        """Page-selective invalidation (``invalidate("page", ...)``)."""
-        if did is None:
-            raise ArgumentError("did", did, "a domain id for a non-global flush")
-        if type(addr) is not int or addr < 0 or type(am) is not int or not 0 <= am <= 63:
-            _check_addr(addr, am)  # the typed error (int subclasses pass)
-        return _invalidate_overlapping(self, did, IOTLB_DSI_PGTTS, addr, am)
-
-    def invalidate_pasid(
-        self, granularity: str, did: int, pasid: int, addr: int = 0, am: int = 0
-    ) -> int:
-        pg = PIOTLB_PGTTS
-        if granularity == "pasid":
-            return self.invalidate_where(
-                lambda k, v: v.did == did and v.pasid == pasid and v.pgtt in pg
-            )
-        if granularity == "page":
-            _check_addr(addr, am)
-            return self.invalidate_where(
-                lambda k, v: (
-                    v.did == did
-                    and v.pasid == pasid
-                    and v.pgtt in pg
-                    and _overlaps(v.base, v.shift, addr, am)
-                )
-            )
-        raise ArgumentError("granularity", granularity, "'pasid' or 'page'")
