@@ -464,3 +464,187 @@ def test_iqt_fast_path_follows_a_tail_moved_by_an_interrupt_handler() -> None:
         results.append((seen, _unit_state(k)))
     assert results[0] == results[1]
     assert len(results[0][0]) == 3
+
+
+# -- SpinLock ``with`` fast path, allocator hint, cached second-level entries, core aux ------
+
+
+def test_spinlock_with_statement_matches_acquire_release() -> None:
+    """``with lock`` inlines the no-backend acquire/release: same owner tracking, counter and
+    errors as the explicit calls; with a backend every operation still reaches it, in order."""
+    import threading
+
+    from vtdsim.driver import sync
+
+    for use_with in (False, True):
+        lock = sync.SpinLock("l")
+        if use_with:
+            with lock:
+                assert lock.owner == threading.get_ident()
+                lock.assert_held()
+                with pytest.raises(sync.LockingError, match="recursively"):
+                    lock.__enter__()
+        else:
+            lock.acquire()
+            assert lock.owner == threading.get_ident()
+            lock.assert_held()
+            with pytest.raises(sync.LockingError, match="recursively"):
+                lock.acquire()
+            lock.release()
+        assert lock.owner is None and lock.acquisitions == 1 and not lock._lock.locked()
+        with pytest.raises(sync.LockingError, match="must be held"):
+            lock.assert_held()
+        with pytest.raises(sync.LockingError, match="does not hold"):
+            lock.__exit__(None, None, None)
+        with pytest.raises(sync.LockingError, match="does not hold"):
+            lock.release()
+        # released by another thread than the owner
+        lock.acquire()
+        errs: list[BaseException] = []
+
+        def other(
+            lk: sync.SpinLock = lock, w: bool = use_with, out: list[BaseException] = errs
+        ) -> None:
+            try:
+                lk.__exit__(None, None, None) if w else lk.release()
+            except sync.LockingError as e:
+                out.append(e)
+
+        t = threading.Thread(target=other)
+        t.start()
+        t.join()
+        assert len(errs) == 1 and lock.owner == threading.get_ident()
+        lock.release()
+
+    class Rec:
+        def __init__(self) -> None:
+            self.log: list[tuple[str, str]] = []
+
+        def acquire(self, lock: sync.SpinLock) -> None:
+            self.log.append(("acquire", lock.name))
+            lock.owner = "T"
+
+        def release(self, lock: sync.SpinLock) -> None:
+            self.log.append(("release", lock.name))
+            lock.owner = None
+
+        def access(self, label: str, key: object, write: bool) -> None:
+            self.log.append(("access", label))
+
+        def point(self, label: str) -> None:
+            self.log.append(("point", label))
+
+        def ident(self) -> object:
+            return "T"
+
+    logs = []
+    for use_with in (False, True):
+        b = Rec()
+        lock = sync.SpinLock("m")
+        with sync.installed(b):
+            if use_with:
+                with lock:
+                    lock.assert_held()
+                    with pytest.raises(sync.LockingError, match="recursively"):
+                        lock.__enter__()
+            else:
+                lock.acquire()
+                lock.assert_held()
+                with pytest.raises(sync.LockingError, match="recursively"):
+                    lock.acquire()
+                lock.release()
+            with pytest.raises(sync.LockingError, match="does not hold"):
+                lock.__exit__(None, None, None) if use_with else lock.release()
+        logs.append((b.log, lock.acquisitions))
+    assert logs[0] == logs[1] == ([("acquire", "m"), ("release", "m")], 1)
+
+
+def test_pasid_allocator_hint_path_matches_a_lowest_free_reference() -> None:
+    """Random alloc/free sequences over random ranges: the allocator's hint fast path hands
+    out the same ids and raises the same errors as a plain lowest-free scan."""
+    from vtdsim.driver.intel.ioasid import AllocatorError, PasidAllocator
+    from vtdsim.errors import IommuError
+
+    rng = random.Random(7)
+    for _ in range(20):
+        a = PasidAllocator()
+        ref: set[int] = set()
+        for _ in range(400):
+            if ref and rng.random() < 0.45:
+                p = rng.choice(sorted(ref))
+                ref.discard(p)
+                a.free(p)
+                continue
+            lo = rng.choice([0, 1, 1, 2, rng.randrange(0, 40)])
+            hi = rng.choice([lo, lo + 1, 16, 48, rng.randrange(0, 64), (1 << 20) + 5])
+            want = next((p for p in range(lo, min(hi, 1 << 20)) if p not in ref), None)
+            if want is None:
+                with pytest.raises(IommuError) as ei:
+                    a.alloc(lo, hi, "o")
+                assert ei.value.errno == 28  # ENOSPC
+            else:
+                assert a.alloc(lo, hi, "o") == want
+                ref.add(want)
+            assert a.allocated() == sorted(ref)
+        for p in sorted(ref):
+            a.free(p)
+        with pytest.raises(AllocatorError):
+            a.free(1)
+        assert a.allocated() == []
+
+
+def test_cached_second_level_entries_are_the_composed_ones() -> None:
+    """Aux attach writes the same PASID entry bytes whether the composed entry comes from the
+    cache or from _sl_entry (cache cleared before every attach)."""
+
+    def run(clear: bool) -> list[tuple[int, ...]]:
+        k = Kernel.for_testing(ndev=2)
+        out = []
+        doms = [k.domain_alloc("unmanaged") for _ in range(3)]
+        for dev in k.devices:
+            k.dev_enable_feature(dev, Feature.AUX)
+        for _ in range(3):
+            for d in doms:
+                for dev in k.devices:
+                    if clear:
+                        P._SL_CACHE.clear()
+                    k.aux_attach_device(d, dev)
+                    info = k.ops.info(dev)
+                    pte = P.intel_pasid_get_entry(info, k.aux_get_pasid(d, dev))
+                    out.append(info.iommu.memory.read_qwords(pte, 8))
+            for d in doms:
+                for dev in k.devices:
+                    k.aux_detach_device(d, dev)
+        return out
+
+    a = run(True)
+    assert a == run(False)
+    assert all(w[0] & 1 for w in a)
+
+
+def test_core_aux_bookkeeping_unwinds_on_driver_errors() -> None:
+    """The aux paths' merged bookkeeping/_end: nothing stays in flight, success or failure."""
+    from vtdsim.errors import IommuError
+
+    k = Kernel.for_testing(ndev=2)
+    dev = k.devices[0]
+    d = k.domain_alloc("unmanaged")
+    with pytest.raises(IommuError):
+        k.aux_attach_device(d, dev)  # AUX not enabled: -EPERM from the driver
+    assert not k._inflight and not k.device_state(dev).aux
+    k.dev_enable_feature(dev, Feature.AUX)
+    k.injector.fail("pasid")
+    with pytest.raises(IommuError):
+        k.aux_attach_device(d, dev)
+    k.injector.clear()
+    assert not k._inflight and not k.device_state(dev).aux and not d.aux_devices
+    k.aux_attach_device(d, dev)
+    k.aux_attach_device(d, dev)
+    assert k.device_state(dev).aux == {d: 2} and d.aux_devices == {dev: 2}
+    k.aux_detach_device(d, dev)
+    assert k.device_state(dev).aux == {d: 1} and not k._inflight
+    k.aux_detach_device(d, dev)
+    assert not k.device_state(dev).aux and not d.aux_devices and not k._inflight
+    with pytest.raises(IommuError):
+        k.aux_detach_device(d, dev)
+    assert not k._inflight

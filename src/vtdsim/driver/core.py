@@ -578,14 +578,20 @@ class IommuCore:
         d = self._domain(domain)
         st = self.device_state(dev)
         # No group->mutex: Linux's iommu_aux_attach_device called the driver unlocked.
-        self._begin(d, st)
+        self._begin2(d, st)
         try:
             self.ops.aux_attach_dev(d, st.dev)
-            with self._records:
+        except BaseException:
+            self._end2(d, st)
+            raise
+        # The bookkeeping and _end under one _records section (a threading.Lock, never a
+        # scheduling point: nobody can observe the two apart).
+        with self._records:
+            try:
                 st.aux[d] = st.aux.get(d, 0) + 1
                 d.aux_devices[st.dev] = d.aux_devices.get(st.dev, 0) + 1
-        finally:
-            self._end(d, st)
+            finally:
+                self._end2_locked(d, st)
 
     def aux_detach_device(self, domain: IommuDomain, dev: Any) -> None:
         """``iommu_aux_detach_device``.  Linux silently ignores a domain that is not
@@ -595,10 +601,14 @@ class IommuCore:
         n = st.aux.get(d, 0)
         if n == 0:
             raise IommuError(errno.EINVAL, f"domain {d!r} is not aux-attached to {st.name}")
-        self._begin(d, st)
+        self._begin2(d, st)
         try:
             self.ops.aux_detach_dev(d, st.dev)
-            with self._records:
+        except BaseException:
+            self._end2(d, st)
+            raise
+        with self._records:  # bookkeeping and _end in one section (see aux_attach_device)
+            try:
                 n = st.aux.get(d, 0)  # re-read: another thread may have detached meanwhile
                 if n <= 1:
                     st.aux.pop(d, None)
@@ -606,8 +616,8 @@ class IommuCore:
                 else:
                     st.aux[d] = n - 1
                     d.aux_devices[st.dev] = n - 1
-        finally:
-            self._end(d, st)
+            finally:
+                self._end2_locked(d, st)
 
     def aux_get_pasid(self, domain: IommuDomain, dev: Any) -> int:
         """``iommu_aux_get_pasid``: ``-EINVAL`` if the domain has no default PASID."""
@@ -708,6 +718,35 @@ class IommuCore:
                     inflight[id(o)] = n
                 else:
                     del inflight[id(o)]
+
+    # Two-object twins of _begin/_end for the aux hot paths (same dict updates, no tuple).
+
+    def _begin2(self, a: object, b: object) -> None:
+        inflight = self._inflight
+        ka = id(a)
+        kb = id(b)
+        with self._records:
+            inflight[ka] = inflight.get(ka, 0) + 1
+            inflight[kb] = inflight.get(kb, 0) + 1
+
+    def _end2(self, a: object, b: object) -> None:
+        with self._records:
+            self._end2_locked(a, b)
+
+    def _end2_locked(self, a: object, b: object) -> None:
+        inflight = self._inflight
+        ka = id(a)
+        n = inflight[ka] - 1
+        if n:
+            inflight[ka] = n
+        else:
+            del inflight[ka]
+        kb = id(b)
+        n = inflight[kb] - 1
+        if n:
+            inflight[kb] = n
+        else:
+            del inflight[kb]
 
     def in_flight(self, obj: object) -> bool:
         """True while an attach/detach/free involving ``obj`` (a domain or a

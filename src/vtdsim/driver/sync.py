@@ -130,34 +130,56 @@ class SpinLock:
 
     def release(self) -> None:
         b = _backend
-        me = b.ident() if b is not None else _get_ident()
-        if self.owner != me:
+        if b is None:
+            if self.owner != _get_ident():
+                raise LockingError(
+                    f"{self.kind} {self.name} released by a thread that does not hold it"
+                )
+            self.owner = None
+            self._lock.release()
+            return
+        if self.owner != b.ident():
             raise LockingError(
                 f"{self.kind} {self.name} released by a thread that does not hold it"
             )
-        if b is not None:
-            b.release(self)
-        else:
-            self.owner = None
-            self._lock.release()
+        b.release(self)
 
     def assert_held(self) -> None:
         """Linux ``assert_spin_locked`` / ``lockdep_assert_held``."""
         b = _backend
-        me = b.ident() if b is not None else threading.get_ident()
-        if self.owner != me:
+        if self.owner != (_get_ident() if b is None else b.ident()):
             raise LockingError(f"{self.kind} {self.name} must be held here")
+
+    # ``with lock:`` inlines the no-backend paths of acquire/release (one call frame less per
+    # critical section on the hot paths); with a backend they defer to acquire/release.
+
+    def __enter__(self) -> SpinLock:
+        if _backend is not None:
+            self.acquire()
+            return self
+        me = _get_ident()
+        if self.owner == me:
+            raise LockingError(f"{self.kind} {self.name} acquired recursively (self-deadlock)")
+        self._lock.acquire()
+        self.owner = me
+        self.acquisitions += 1
+        return self
+
+    def __exit__(self, exc_type: object, exc: object, tb: object) -> None:
+        # explicit parameters: no varargs tuple per critical section
+        if _backend is not None:
+            self.release()
+            return
+        if self.owner != _get_ident():
+            raise LockingError(
+                f"{self.kind} {self.name} released by a thread that does not hold it"
+            )
+        self.owner = None
+        self._lock.release()
 
     @property
     def locked(self) -> bool:
         return self.owner is not None
-
-    def __enter__(self) -> SpinLock:
-        self.acquire()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.release()
 
     def __repr__(self) -> str:
         state = f"held by {self.owner}" if self.owner is not None else "free"

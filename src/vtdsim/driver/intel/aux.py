@@ -154,7 +154,9 @@ class CorrectedAux:
         self.ops.prepare_domain_attach_device(domain, info)
         iommu = info.iommu
         with self.ops.device_domain_lock:
-            subs = self.by_device.setdefault(id(info), {})
+            subs = self.by_device.get(id(info))
+            if subs is None:  # setdefault without building a dict on every call
+                subs = self.by_device[id(info)] = {}
             sub = subs.get(domain)
             if sub is not None:  # same (domain, device) again: one more user, no setup
                 sub.users += 1
@@ -180,9 +182,9 @@ class CorrectedAux:
         """``intel_iommu_aux_detach_device`` → ``aux_domain_remove_dev``."""
         iommu = info.iommu
         with self.ops.device_domain_lock:
-            subs = self.by_device.get(id(info), {})
-            sub = subs.get(domain)
-            if sub is None:
+            subs = self.by_device.get(id(info))
+            sub = subs.get(domain) if subs is not None else None
+            if sub is None or subs is None:
                 raise IommuError(errno.EINVAL, f"{domain!r} is not aux-attached to {info.dev.bdf}")
             sub.users -= 1
             if sub.users:

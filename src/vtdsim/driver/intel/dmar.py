@@ -682,8 +682,7 @@ class IntelIommu:
         mem = self.memory
         shift = self._qi_shift
         lock = self.qi_lock
-        lock.acquire()  # raw_spin_lock_irqsave(&qi->q_lock)
-        try:
+        with lock:  # raw_spin_lock_irqsave(&qi->q_lock)
             index = self._free_head
             last = index + count  # the wait descriptor's slot, before the wrap
             wait_index = last if last < QI_LENGTH else last - QI_LENGTH  # count + 2 <= length
@@ -732,8 +731,6 @@ class IntelIommu:
                 self._qi_check_fault(
                     index, count, wait_index, status_addr, (_WAIT_QW0, status_addr, 0, 0)
                 )
-        finally:
-            lock.release()
 
     def _qi_copy(
         self, descs: Sequence[Desc], index: int, wait_index: int, status_addr: int, wait: Desc

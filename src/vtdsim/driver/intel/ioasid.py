@@ -67,19 +67,27 @@ class PasidAllocator:
         with self.lock:
             if self.injector is not None and self.injector.should_fail("pasid"):
                 raise IommuError(errno.ENOMEM, "PASID allocation failed (injected)")
-            hi = min(max_id, PASID_MAX)
-            start = max(min_id, self._low)
+            hi = max_id if max_id < PASID_MAX else PASID_MAX
+            low = self._low
+            start = min_id if min_id > low else low
             owners = self._owners
-            for pasid in range(start, hi):
-                if pasid not in owners:
-                    owners[pasid] = owner
-                    if start == self._low == pasid:
-                        self._low = pasid + 1
-                    break
+            if start < hi and start not in owners:
+                # The usual case: the first candidate (the hint, or min_id) is free.
+                pasid = start
+                owners[pasid] = owner
+                if start == low:
+                    self._low = pasid + 1
             else:
-                raise IommuError(
-                    errno.ENOSPC, f"no free PASID in [{min_id}, {max_id}) (idr_alloc -ENOSPC)"
-                )
+                for pasid in range(start, hi):
+                    if pasid not in owners:
+                        owners[pasid] = owner
+                        if start == low == pasid:
+                            self._low = pasid + 1
+                        break
+                else:
+                    raise IommuError(
+                        errno.ENOSPC, f"no free PASID in [{min_id}, {max_id}) (idr_alloc -ENOSPC)"
+                    )
         sync.allocated("pasid", pasid, owner, self)  # observer hook (the explorer's checks)
         return pasid
 

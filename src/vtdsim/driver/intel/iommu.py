@@ -185,7 +185,9 @@ class IntelIommuOps:
                 )
         except OutOfFrames as e:
             raise _enomem(e) from e
-        prog = self.programmed.setdefault(id(info), {})
+        prog = self.programmed.get(id(info))
+        if prog is None:  # setdefault without building a dict on every call
+            prog = self.programmed[id(info)] = {}
         old = prog.get(pasid)
         if old is not None:  # 5.1 overwrite: the entry no longer translates for ``old``
             old.programmed_at.pop((id(info), pasid), None)

@@ -39,6 +39,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
 from vtdsim.driver import sync
+from vtdsim.driver.core import DomainType
 from vtdsim.driver.intel.dmar import (
     QI_PC_PASID_SEL,
     IntelIommu,
@@ -111,6 +112,7 @@ _SLPT_W, _SLPT_MASK = _PE_SLPTPTR.word, _PE_SLPTPTR.mask
 _PGSNP_W, _PGSNP_SH = _PE_PGSNP.word, _PE_PGSNP.shift
 _SRE_W, _SRE_SH = _PE_SRE.word, _PE_SRE.shift
 _P_W, _P_BIT = PASID_ENTRY.field("P").word, _PE_P
+_PWSNP_MASK = _PE_PWSNP.mask  # a computed property of the field: once, not per entry
 
 
 @dataclass
@@ -248,7 +250,7 @@ def _pwsnp(iommu: IntelIommu, words: tuple[int, ...]) -> tuple[int, ...]:
         return words
     if iommu.quirks.pwsnp_did_bit0:
         return (words[0], words[1] | 1, *words[2:])
-    return (words[0], words[1] | _PE_PWSNP.mask, *words[2:])
+    return (words[0], words[1] | _PWSNP_MASK, *words[2:])
 
 
 def pasid_flush_caches(iommu: IntelIommu, pte: int, pasid: int, did: int) -> None:
@@ -344,10 +346,28 @@ def intel_pasid_setup_second_level(
         raise IommuError(errno.EINVAL, "domain has no second-level page table")
     agaw, pgd = iommu_skip_agaw(iommu, pt)
     did = domain_id_iommu(domain, iommu)
-    dtype = getattr(domain.type, "value", domain.type)
-    pgsnp = int(dtype == "unmanaged" and iommu.sc and not iommu.quirks.v5_1_entry)
-    words = _sl_entry(agaw, pgd, did, pgsnp, _sre(iommu, pasid))
+    dtype = domain.type
+    if dtype is not DomainType.UNMANAGED:  # the enum member: its value is "unmanaged"
+        dtype = getattr(dtype, "value", dtype)
+    pgsnp = int(
+        (dtype is DomainType.UNMANAGED or dtype == "unmanaged")
+        and iommu.sc
+        and not iommu.quirks.v5_1_entry
+    )
+    words = _SL_CACHE.get((agaw, pgd, did, pgsnp, sre := _sre(iommu, pasid)))
+    if words is None:
+        words = _sl_entry(agaw, pgd, did, pgsnp, sre)
+        if len(_SL_CACHE) >= _SL_CACHE_MAX:
+            _SL_CACHE.clear()
+        _SL_CACHE[(agaw, pgd, did, pgsnp, sre)] = words
     _program(iommu, info, pasid, _pwsnp(iommu, words), did, overwrite, lock_held)
+
+
+#: Composed second-level entries by (agaw, pgd, did, pgsnp, sre): an attach/detach cycle
+#: writes the same entry again and again (only valid arguments are stored: _sl_entry raises
+#: for the others).  Bounded: cleared when full.
+_SL_CACHE: dict[tuple[int, int, int, int, int], tuple[int, ...]] = {}
+_SL_CACHE_MAX = 4096
 
 
 def _sl_entry(agaw: int, pgd: int, did: int, pgsnp: int, sre: int) -> tuple[int, ...]:
