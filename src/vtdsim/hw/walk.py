@@ -355,6 +355,28 @@ def _bit(layout: Layout, name: str) -> int:
     return layout.field(name).mask
 
 
+LevelMasks = dict[int, tuple[int, int, int, Layout]]
+
+
+def _level_masks(
+    rsv: Callable[[Layout], int],
+    table: Layout,
+    leaves: dict[int, Layout],
+    large_ok: Callable[[int], bool],
+) -> LevelMasks:
+    """Per paging level 1-5: (table-entry reserved mask, leaf reserved mask or -1 where a leaf
+    (PS=1) is reserved, leaf address mask, leaf layout).  Level 1 is always a leaf; levels
+    with a superpage layout are leaves where ``large_ok(level)``."""
+    out: LevelMasks = {1: (0, rsv(leaves[1]), leaves[1].field("ADDR").mask, leaves[1])}
+    for lvl in range(2, 6):
+        lay = leaves.get(lvl)
+        if lay is not None and large_ok(lvl):
+            out[lvl] = (rsv(table), rsv(lay), lay.field("ADDR").mask, lay)
+        else:
+            out[lvl] = (rsv(table), -1, 0, lay or table)
+    return out
+
+
 class Walker:
     """The page walker of one remapping unit (built once from its memory and capabilities)."""
 
@@ -422,20 +444,14 @@ class Walker:
         self.sl_a = _bit(SL_TABLE, "A")
         self.sl_d = _bit(SL_PTE_4K, "D")
         self.sl_table_addr = SL_TABLE.field("ADDR").mask
-        sl_leaf = {1: SL_PTE_4K, 2: SL_PDE_2M, 3: SL_PDPE_1G}
         # per level: (table reserved mask, leaf reserved mask or -1 if PS=1 is reserved there,
-        # leaf address mask, leaf layout)
-        self.sl_level: dict[int, tuple[int, int, int, Layout]] = {}
-        for lvl in range(1, 6):
-            if lvl == 1:
-                self.sl_level[1] = (0, rsv(SL_PTE_4K), SL_PTE_4K.field("ADDR").mask, SL_PTE_4K)
-                continue
-            lay = sl_leaf.get(lvl)
-            ok = lay is not None and (9 * (lvl - 1) + 12) in caps.sl_large_pages
-            if lay is not None and ok:
-                self.sl_level[lvl] = (rsv(SL_TABLE), rsv(lay), lay.field("ADDR").mask, lay)
-            else:
-                self.sl_level[lvl] = (rsv(SL_TABLE), -1, 0, lay or SL_TABLE)
+        # leaf address mask, leaf layout); superpages as CAP.SLLPS says
+        self.sl_level = _level_masks(
+            rsv,
+            SL_TABLE,
+            {1: SL_PTE_4K, 2: SL_PDE_2M, 3: SL_PDPE_1G},
+            lambda lvl: (9 * (lvl - 1) + 12) in caps.sl_large_pages,
+        )
         # Legacy mode: a leaf's SNP is reserved unless ECAP.SC (QEMU vtd_init clears
         # VTD_SPTE_SNP from the leaf masks only "if (s->scalable_mode || s->snoop_control)").
         snp = 0 if caps.snoop_control else _bit(SL_PTE_4K, "SNP")
@@ -453,18 +469,13 @@ class Walker:
         self.fl_d = _bit(FL_PTE_4K, "D")
         self.fl_xd = _bit(FL_TABLE, "XD")
         self.fl_table_addr = FL_TABLE.field("ADDR").mask
-        fl_leaf = {1: FL_PTE_4K, 2: FL_PDE_2M, 3: FL_PDPE_1G}
-        self.fl_level: dict[int, tuple[int, int, int, Layout]] = {}
-        for lvl in range(1, 6):
-            if lvl == 1:
-                self.fl_level[1] = (0, rsv(FL_PTE_4K), FL_PTE_4K.field("ADDR").mask, FL_PTE_4K)
-                continue
-            lay = fl_leaf.get(lvl)
-            ok = lay is not None and (lvl == 2 or caps.fl_1g_pages)
-            if lay is not None and ok:
-                self.fl_level[lvl] = (rsv(FL_TABLE), rsv(lay), lay.field("ADDR").mask, lay)
-            else:
-                self.fl_level[lvl] = (rsv(FL_TABLE), -1, 0, lay or FL_TABLE)
+        # the same per-level masks; 2 MiB pages always, 1 GiB pages as CAP.FL1GP says
+        self.fl_level = _level_masks(
+            rsv,
+            FL_TABLE,
+            {1: FL_PTE_4K, 2: FL_PDE_2M, 3: FL_PDPE_1G},
+            lambda lvl: lvl == 2 or caps.fl_1g_pages,
+        )
         self._pgtt_ok = {
             PGTT_FL: caps.first_level,
             PGTT_SL: caps.second_level,
