@@ -102,6 +102,20 @@ class DriverWorkload(Workload):
         return world
 
 
+def _domain_on_dev0(w: Any) -> None:
+    """The common initial state: a fresh domain ``w.dom`` aux-attached to dev0 (its PASID in
+    ``w.pasid0``)."""
+    w.dom = w.new_domain()
+    assert w.attach(w.dom, 0) == 0
+    w.pasid0 = w.pasid(w.dom, 0)
+
+
+def _failing_attach(w: Any, dev: int) -> int:
+    """Aux-attach ``w.dom`` to ``dev`` with the next DID allocation failing (injected)."""
+    w.fail_next("did")
+    return int(w.attach(w.dom, dev))
+
+
 def _attached(w: DriverWorld, dom: Any, dev: int) -> Iterable[str]:
     """An aux-attached device reaches its domain through the domain's PASID."""
     p = w.pasid(dom, dev)
@@ -122,9 +136,7 @@ class WorkloadA(DriverWorkload):
     target = "use-after-free"
 
     def prepare(self, w: DriverWorld) -> None:
-        w.dom = w.new_domain()
-        assert w.attach(w.dom, 0) == 0
-        w.pasid0 = w.pasid(w.dom, 0)
+        _domain_on_dev0(w)
 
     def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
         return [
@@ -170,18 +182,12 @@ class WorkloadC(DriverWorkload):
     target = "double-free"
 
     def prepare(self, w: DriverWorld) -> None:
-        w.dom = w.new_domain()
-        assert w.attach(w.dom, 0) == 0
-        w.pasid0 = w.pasid(w.dom, 0)
+        _domain_on_dev0(w)
 
     def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
-        def failing_attach() -> int:
-            w.fail_next("did")
-            return int(w.attach(w.dom, 1))
-
         return [
             ("detach-dev0", lambda: w.detach(w.dom, 0)),
-            ("attach-dev1-fails", failing_attach),
+            ("attach-dev1-fails", lambda: _failing_attach(w, 1)),
             ("attach-dev2", lambda: w.attach(w.dom, 2)),
         ]
 
@@ -203,9 +209,7 @@ class WorkloadD(DriverWorkload):
     v5_result = "none"  # bound 3 exhausted on v5 too: v5's teardown flushes before returning
 
     def prepare(self, w: DriverWorld) -> None:
-        w.dom = w.new_domain()
-        assert w.attach(w.dom, 0) == 0
-        w.pasid0 = w.pasid(w.dom, 0)
+        _domain_on_dev0(w)
 
     def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
         def dma() -> int:
@@ -225,9 +229,7 @@ class WorkloadE(DriverWorkload):
     target = "new-alloc-in-use"
 
     def prepare(self, w: Any) -> None:
-        w.dom = w.new_domain()
-        assert w.attach(w.dom, 0) == 0
-        w.pasid0 = w.pasid(w.dom, 0)
+        _domain_on_dev0(w)
         w.dom2 = w.new_domain()
 
     def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
@@ -259,15 +261,9 @@ class WorkloadF(DriverWorkload):
     target = "double-free"
 
     def prepare(self, w: DriverWorld) -> None:
-        w.dom = w.new_domain()
-        assert w.attach(w.dom, 0) == 0
-        w.pasid0 = w.pasid(w.dom, 0)
+        _domain_on_dev0(w)
 
     def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
-        def failing_attach() -> int:
-            w.fail_next("did")
-            return int(w.attach(w.dom, 1))
-
         def detach_after_failure() -> int:
             # happens-after the injected failure (inside the attach's critical section): the
             # attach read a valid default_pasid, so v5's stale-PASID path of (c) cannot occur
@@ -276,7 +272,10 @@ class WorkloadF(DriverWorkload):
                 return SKIPPED
             return int(w.detach(w.dom, 0))
 
-        return [("attach-dev1-fails", failing_attach), ("detach-dev0", detach_after_failure)]
+        return [
+            ("attach-dev1-fails", lambda: _failing_attach(w, 1)),
+            ("detach-dev0", detach_after_failure),
+        ]
 
     def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
         if results[0] == 0:
