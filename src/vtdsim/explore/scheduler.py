@@ -469,6 +469,21 @@ class Execution:
         the choice among enabled threads, the step count and the trace.  Returns the thread
         to run, or None when the schedule ends (bug, prune, divergence, step budget)."""
         live = self._live
+        if len(live) == 1 and self._inline and not self.always_invariants:
+            # one thread left: every step is forced (no decision, no check to run)
+            t = live[0]
+            if t.kind is not ACQUIRE or t.obj.owner is None:
+                steps = self.steps + 1
+                self.steps = steps
+                if steps > self.step_budget:
+                    self._bug(
+                        "step-budget",
+                        "step-budget",
+                        f"schedule did not terminate within {self.step_budget} steps",
+                    )
+                    return None
+                self.trace.append((t.tid, t.kind, t.obj))
+                return t
         enabled = [t for t in live if t.kind is not ACQUIRE or t.obj.owner is None]
         if not enabled:
             self._bug(

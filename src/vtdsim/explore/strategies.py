@@ -38,7 +38,7 @@ from typing import Any
 
 from vtdsim.errors import ArgumentError
 from vtdsim.explore.base import Workload
-from vtdsim.explore.determinism import Fingerprint, Fingerprinter, describe
+from vtdsim.explore.determinism import Fingerprint, Step, describe, fingerprint, same_execution
 from vtdsim.explore.report import BoundResult, Bug, ExplorationResult
 from vtdsim.explore.scheduler import (
     ACQUIRE,
@@ -167,7 +167,19 @@ class _Node:
     sleep: dict[int, Sig]
     done: dict[int, Sig]
     sigs: dict[int, Sig]
-    seen: Fingerprint = ()  # the execution's fingerprint at this decision (determinism)
+    #: the named fingerprint of the execution at this decision (set for a node handed over
+    #: from another process; computed from ``trace`` when the node is frozen)
+    seen: Fingerprint = ()
+    #: the trace of the execution that made this node (its first ``steps`` steps lead here)
+    #: and the enabled threads' pending operations at the decision (determinism checks)
+    trace: list[Step] | None = None
+    steps: int = 0
+    pending: tuple[Step, ...] = ()
+
+    def fingerprint(self) -> Fingerprint:
+        if self.trace is None:
+            return self.seen
+        return fingerprint(self.trace[: self.steps], self.pending)
 
     def freeze(self) -> NodeState:
         return NodeState(
@@ -176,7 +188,7 @@ class _Node:
             tuple(sorted(self.sleep.items())),
             tuple(sorted(self.done.items())),
             tuple(sorted(self.sigs.items())),
-            self.seen,
+            self.fingerprint(),
         )
 
 
@@ -211,12 +223,11 @@ class DfsChooser:
         self.every_step = search.por
         # Every node on the stack was created by an earlier execution of the same prefix,
         # right after that execution checked the invariants at that decision; executions
-        # are deterministic functions of their choices (checked below: ``seen``), so this
-        # execution reaches the very same states there: no need to check them again.
+        # are deterministic functions of their choices (checked below), so this execution
+        # reaches the very same states there: no need to check them again.
         self.checked_prefix = len(search.stack)
         #: the stack depth this execution must replay (a shorter execution is nondeterminism)
         self.depth = len(search.stack)
-        self.fingerprint = Fingerprinter()
 
     def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
         s = self.search
@@ -224,19 +235,29 @@ class DfsChooser:
         self.i = i + 1
         stack = s.stack
         por = s.por
+        # sleep-set signatures name objects by first appearance in this execution: computed
+        # at every decision (replayed ones too) so that the numbering is the same in every
+        # execution of a prefix
         sigs = {t: ex.op_signature(t) for t in enabled} if por else {}
-        seen = self.fingerprint(ex, enabled)
-        if i < len(stack):
+        threads = ex.threads
+        if i < self.depth:
             node = stack[i]
-            if node.seen != seen:
-                ex.diverge(
-                    f"decision {i} of the DFS prefix: the execution ({describe(seen)}) differs "
-                    f"from the recorded one ({describe(node.seen)}): workload "
-                    f"{s.runner.workload.name} is nondeterministic (same schedule, different "
-                    "execution)"
-                )
-                return None
+            # The deepest replayed decision checks the whole prefix at once (the trace is
+            # cumulative; see vtdsim.explore.determinism); earlier ones only replay.
+            if i == self.depth - 1:
+                pending = tuple([(t, threads[t].kind, threads[t].obj) for t in enabled])
+                if not _replays(ex.trace, pending, node):
+                    seen = fingerprint(ex.trace, pending)
+                    ex.diverge(
+                        f"decision {i} of the DFS prefix (or an earlier one): the execution "
+                        f"({describe(seen)}) differs from the recorded one "
+                        f"({describe(node.fingerprint())}): workload "
+                        f"{s.runner.workload.name} is nondeterministic (same schedule, "
+                        "different execution)"
+                    )
+                    return None
             return node.cands[node.idx]
+        pending = tuple([(t, threads[t].kind, threads[t].obj) for t in enabled])
         if s.truncate is not None and i >= s.truncate:
             s.truncated = True
             return None
@@ -260,8 +281,15 @@ class DfsChooser:
             order = [t for t in order if t == last]
         if not order:
             return None
-        stack.append(_Node(order, 0, sleep, {}, sigs, seen))
+        stack.append(_Node(order, 0, sleep, {}, sigs, (), ex.trace, len(ex.trace), pending))
         return order[0]
+
+
+def _replays(trace: list[Step], pending: tuple[Step, ...], node: _Node) -> bool:
+    """Whether an execution at ``node``'s decision is the one that made ``node``."""
+    if node.trace is None:  # handed over from another process: its named fingerprint
+        return fingerprint(trace, pending) == node.seen
+    return same_execution(trace, pending, node.trace, node.steps, node.pending)
 
 
 @dataclass(slots=True)
@@ -367,7 +395,9 @@ class _Dfs:
             self.truncated = False
             chooser = DfsChooser(self)
             out = runner.execute(chooser)
-            if chooser.i < chooser.depth and not out.failed:
+            if chooser.i < chooser.depth and out.bug_kind not in ("divergence", "stall"):
+                # the execution that recorded this prefix passed all of it: ending or failing
+                # inside it is nondeterminism (a stall is the watchdog's clock, not the code)
                 _ended_early(out, chooser, runner)
             if self.truncated and frontier is not None:
                 pos = (seg.schedules, seg.pruned)
@@ -390,14 +420,15 @@ class _Dfs:
 
 
 def _ended_early(out: Outcome, chooser: DfsChooser, runner: Runner) -> None:
-    """A re-execution of a DFS prefix ended before its last recorded decision: the workload is
-    nondeterministic; the outcome becomes a divergence bug."""
+    """A re-execution of a DFS prefix ended (or failed) before its last recorded decision:
+    the workload is nondeterministic; the outcome becomes a divergence bug."""
+    how = "ended" if out.bug_kind is None else f"failed ({out.bug_kind}: {out.bug_message})"
     out.pruned = False
     out.bug_kind = "divergence"
     out.bug_name = "divergence"
     out.bug_message = (
-        f"the execution ended after {chooser.i} decisions, but an earlier execution of the same "
-        f"schedule prefix took {chooser.depth}: workload {runner.workload.name} is "
+        f"the execution {how} after {chooser.i} decisions, but an earlier execution of the "
+        f"same schedule prefix passed {chooser.depth}: workload {runner.workload.name} is "
         "nondeterministic (same schedule, different execution)"
     )
     out.ex._bug(out.bug_kind, out.bug_name, out.bug_message)
@@ -590,7 +621,9 @@ def make_dfs_result(
                 if first_at is None:
                     first_at = before + i
         before += seg.schedules
-    exhausted = last.complete and not last.bugs
+    # the whole space was covered (with stop_on_bug=False, bugs and all: a search that
+    # stops at a bug is not complete)
+    exhausted = last.complete
     if strategy == "pb":
         eff_bound: int | None = per[-1].bound if per else bound
         unbounded = last.complete and not last.bound_hit
@@ -613,7 +646,7 @@ def make_dfs_result(
         per_bound=tuple(per),
         bugs=tuple(bugs),
         schedules_to_first_bug=first_at,
-        exhausted_unbounded=unbounded and not last.bugs,
+        exhausted_unbounded=unbounded,
     )
 
 
