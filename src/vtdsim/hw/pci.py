@@ -30,6 +30,7 @@ from typing import TYPE_CHECKING, Any, Protocol
 
 from vtdsim.errors import ArgumentError
 from vtdsim.hw.memory import PhysicalMemory
+from vtdsim.hw.translate import Translation as _Translation
 from vtdsim.hw.walk import PERM_R, PERM_SR, PERM_SW, PERM_W
 
 if TYPE_CHECKING:
@@ -135,6 +136,9 @@ class DmaResult:
     data: bytes | None
     fault: TranslationFault | None
     transferred: int
+
+
+_new = object.__new__
 
 
 class _DevTlbEntry:
@@ -243,10 +247,17 @@ class PciDevice:
         unit = self.unit
         if unit is None:
             return addr, None  # no remapping unit: DMA addresses are host-physical
-        use_ats = self.ats_cap is not None and self.ats_cap.enabled
-        if use_ats:
+        ats = self.ats_cap
+        if ats is None or not ats.enabled:
+            r: Translation | TranslationFault = unit.translate(
+                self.sid, addr, pasid=pasid, write=write, privileged=privileged
+            )
+            if not r.ok:
+                return 0, r  # type: ignore[return-value]
+            return r.address, None
+        tlb = self._devtlb
+        if tlb:  # an empty device-TLB holds nothing to look up
             need = (PERM_SW if write else PERM_SR) if privileged else (PERM_W if write else PERM_R)
-            tlb = self._devtlb
             for shift in (12, 21, 30):
                 e = tlb.get((pasid, shift, addr >> shift))
                 if e is not None:
@@ -254,18 +265,26 @@ class PciDevice:
                         self._hits += 1
                         return e.hpa | (addr & ((1 << shift) - 1)), None
                     break  # insufficient rights: ask the unit again (PCIe 10.2.3)
-            self._misses += 1
-        r: Translation | TranslationFault = unit.translate(
-            self.sid, addr, pasid=pasid, write=write, privileged=privileged
-        )
+        self._misses += 1
+        r = unit.translate(self.sid, addr, pasid=pasid, write=write, privileged=privileged)
         if not r.ok:
             return 0, r  # type: ignore[return-value]
         t: Translation = r  # type: ignore[assignment]
-        if use_ats and t.ats:
-            shift = t.page_shift
-            self._devtlb[(pasid, shift, addr >> shift)] = _DevTlbEntry(
-                pasid, addr & ~((1 << shift) - 1), shift, t.page_address, t.perm
-            )
+        # the page facts: read from the shared page object when it is one (no property calls)
+        pg: Any = t._p if type(t) is _Translation else t
+        if pg.ats:
+            shift = pg.page_shift if pg is t else pg.shift
+            hpa = t.address
+            mask = (1 << shift) - 1
+            # base and page address (Translation.page_address) of the translated page
+            e = _new(_DevTlbEntry)
+            e.pasid = pasid
+            e.base = addr & ~mask
+            e.shift = shift
+            e.hpa = hpa & ~mask if pg is not t else t.page_address
+            e.perm = pg.perm
+            tlb[(pasid, shift, addr >> shift)] = e
+            return hpa, None
         return t.address, None
 
     def invalidate_devtlb(self, pasid: int | None, addr: int, size_bit: bool) -> int:

@@ -22,6 +22,21 @@ Requests that need a permission the cached entry lacks are not failed from the c
 re-walk (x86 practice; VT-d 6.2.3 lets hardware re-walk), and cached write permission is
 withheld while an A/D update is pending, so the first write to a clean page walks and sets D.
 
+Cold requests must not cost five layers of generic lookups either.  When the caches are
+unbounded (the default geometry: no replacement, so a lookup never reorders and a fill never
+evicts), a scalable-mode request without execute that misses the fast dict goes to one inlined
+function (:meth:`Translator._build_cold`, the cached twin of ``Walker.fast_sm``): context
+entry, PASID entry and second-level walk in one frame, each from its cache when the cache holds
+it and from memory otherwise, reading memory only through ``PhysicalMemory.qword_pages``.  It
+decides everything before touching any cache and then commits exactly what the general path
+(:meth:`Translator._translate`) would: the same lookups counted as hits or misses, the same
+entries (equal values, same keys, same insertion order) filled, the same fast-dict entry, the
+same fault recorded.  It handles the success path (second-level and pass-through PGTTs, A/D
+tracking off) and the common faults (PASID directory or table entry not present, SRE, a
+second-level entry not present, a read or write the entries do not allow); anything else
+(legacy mode, first-level and nested PGTTs, A/D updates, reserved bits, access errors,
+pages outside ``qword_pages``) returns None before any side effect and the general path runs.
+
 Faults: a walk fault becomes a :class:`TranslationFault`; unless an FPD bit applies to a
 qualified fault (VT-d 7.1.3; QEMU ``vtd_is_qualified_fault``) it is passed to
 ``unit.record_fault``.  Requests without a PASID use the context's RID_PASID and RID_PRIV in
@@ -30,6 +45,7 @@ scalable mode (VT-d 9.4).  With GSTS.TES clear DMA is not remapped.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, Protocol
 
 from vtdsim.errors import ArgumentError
@@ -46,12 +62,17 @@ from vtdsim.hw.caps import CacheGeometry, Capabilities
 from vtdsim.hw.memory import PhysicalMemory
 from vtdsim.hw.walk import (
     FR_INTERRUPT_ADDR,
+    FR_PDIR_P,
     FR_PE_ERE,
+    FR_PE_P,
     FR_PE_SRE,
     FR_RTADDR_INV_TTM,
     FR_SM_INTERRUPT,
     FR_SM_PASIDE,
+    FR_SM_READ,
     FR_SM_RTADDR_INV,
+    FR_SM_WRITE,
+    FR_SS_RW,
     INTERRUPT_RANGE,
     PERM_R,
     PERM_SR,
@@ -59,6 +80,8 @@ from vtdsim.hw.walk import (
     PERM_SX,
     PERM_W,
     PERM_X,
+    PGTT_PT,
+    PGTT_SL,
     ContextInfo,
     PasidInfo,
     Walker,
@@ -74,6 +97,9 @@ __all__ = ["Translation", "TranslationFault", "Translator", "UnitLike"]
 _ALL = PERM_R | PERM_W | PERM_X | PERM_SR | PERM_SW | PERM_SX
 _INTR_LO, _INTR_HI = INTERRUPT_RANGE
 _PASID_LIMIT = 1 << 20
+_Fill = tuple[int, int, int]  # (level, table, accumulated R/W) of a table a walk met
+_PscPair = tuple[tuple[int, int | None, int, int, int], PscEntry]  # PSC key and entry
+_MEMO_MAX = 4096  # entries per memo of the cold path (Translator._build_cold)
 _U64 = (1 << 64) - 1
 
 
@@ -267,6 +293,43 @@ def _fast_ok(g: CacheGeometry) -> bool:
     return g.entries is None or (g.entries > 0 and g.replacement != "lru")
 
 
+#: Translator._build_cold's function: (rta, sid, addr, pasid, write, privileged) -> the
+#: translation or fault, or None when the general path must decide (nothing touched then).
+ColdPath = Callable[
+    [int, int, int, "int | None", bool, bool], "Translation | TranslationFault | None"
+]
+
+
+def _ok_bits(perm: int, exe_ok: bool, sm: bool, sm_rid: bool, rid_priv: bool, sre: bool) -> int:
+    """Fast-dict ``ok`` bits: bit ``write + 2*execute + 4*privileged`` is set when a request
+    of that kind is served by an entry with permissions ``perm`` (what :meth:`_translate`
+    would check: ERE, the effective privilege -- RID_PRIV for a scalable-mode request without
+    PASID (VT-d 9.4), none in legacy mode --, SRE, then the permission bits)."""
+    ok = 0
+    for c in range(8):
+        w, x, pr = c & 1, (c >> 1) & 1, (c >> 2) & 1
+        if x and not exe_ok:
+            continue
+        eff = (rid_priv if sm_rid else bool(pr)) if sm else False
+        if eff and sm and not sre:
+            continue
+        need = need_mask(bool(w), bool(x), eff)
+        if perm & need == need:
+            ok |= 1 << c
+    return ok
+
+
+def _ok_table(exe_ok: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
+    """``_ok_bits`` precomputed: (legacy table indexed by perm, scalable-mode table indexed by
+    ``perm | sm_rid << 6 | rid_priv << 7 | sre << 8``)."""
+    legacy = tuple(_ok_bits(perm, exe_ok, False, False, False, False) for perm in range(64))
+    sm = tuple(
+        _ok_bits(i & 63, exe_ok, True, bool(i >> 6 & 1), bool(i >> 7 & 1), bool(i >> 8 & 1))
+        for i in range(512)
+    )
+    return legacy, sm
+
+
 class Translator:
     """Caches + walks of one remapping unit (see the module docstring)."""
 
@@ -295,6 +358,12 @@ class Translator:
         self._uncached_walks = 0
         self._uncached_folded = 0
         self._fast_sm = self.walker.fast_sm
+        self._ok_legacy, self._ok_sm = _ok_table(caps.execute_requests)
+        #: the inlined cold path (module docstring), None where the caches' geometry rules it
+        #: out; tests set it to None to compare with the general path
+        self._cold: ColdPath | None = self._build_cold()
+        #: what a fast-dict miss calls (translate's last line)
+        self._miss = self._translate if self._cold is None else self._translate_cold
         if self._uncached:
             # One call per request: argument checks, the inlined walk, the result.
             self.translate = self._translate_uncached  # type: ignore[method-assign]
@@ -327,7 +396,32 @@ class Translator:
             ):
                 ent[5] += 1
                 return Translation(ent[0] | (addr & 0xFFF), ent[2 + privileged])
-        return self._translate(sid, addr, pasid, bool(write), bool(execute), bool(privileged))
+        return self._miss(sid, addr, pasid, bool(write), bool(execute), bool(privileged))
+
+    def _translate_cold(
+        self, sid: int, addr: int, pasid: int | None, write: bool, execute: bool, priv: bool
+    ) -> Translation | TranslationFault:
+        """:meth:`translate` after a fast-dict miss when the cold path exists: the request
+        goes to it when TES is set, TTM is 01, it does not execute and its arguments are
+        exactly what :func:`_check_request` accepts; :meth:`_translate` decides the rest and
+        whatever the cold path returns None for."""
+        unit = self.unit
+        cold = self._cold
+        if (
+            cold is not None
+            and not execute
+            and unit.translation_enabled
+            and unit.ttm == 1
+            and type(sid) is int
+            and 0 <= sid <= 0xFFFF
+            and type(addr) is int
+            and 0 <= addr <= _U64
+            and (pasid is None or (type(pasid) is int and 0 <= pasid < _PASID_LIMIT))
+        ):
+            r = cold(unit.root_table_address, sid, addr, pasid, write, priv)
+            if r is not None:
+                return r
+        return self._translate(sid, addr, pasid, write, execute, priv)
 
     def _translate_uncached(
         self,
@@ -515,20 +609,12 @@ class Translator:
         page_hpa = hpa & ~0xFFF
         if page_hpa <= _INTR_HI and page_hpa + 0xFFF >= _INTR_LO:
             return
-        exe_ok = self.caps.execute_requests
         perm = e.perm
         sm_rid = ttm == 1 and pasid is None
-        ok = 0
-        for c in range(8):
-            w, x, pr = c & 1, (c >> 1) & 1, (c >> 2) & 1
-            if x and not exe_ok:
-                continue
-            eff = (ctx.rid_priv if sm_rid else bool(pr)) if ttm == 1 else False
-            if eff and pe is not None and not pe.sre:
-                continue
-            need = need_mask(bool(w), bool(x), eff)
-            if perm & need == need:
-                ok |= 1 << c
+        if ttm == 1 and pe is not None:
+            ok = self._ok_sm[perm | sm_rid << 6 | ctx.rid_priv << 7 | pe.sre << 8]
+        else:
+            ok = self._ok_legacy[perm]
         if not ok:
             return
         p = e.pasid
@@ -538,8 +624,476 @@ class Translator:
         else:
             priv0 = priv1 = False
         pg0 = _Page(sid, p, e.did, e.shift, perm, e.pgtt, e.ats, priv0)
-        pg1 = pg0 if priv1 == priv0 else _Page(sid, p, e.did, e.shift, perm, e.pgtt, e.ats, priv1)
+        if priv1 == priv0 or not ok >> 4:
+            pg1 = pg0  # (no privileged request is served from this entry: pg1 is never read)
+        else:
+            pg1 = _Page(sid, p, e.did, e.shift, perm, e.pgtt, e.ats, priv1)
         self._fast[(sid, pasid, addr >> 12)] = [page_hpa, ok, pg0, pg1, ttm, 0]
+
+    # -- the inlined cold path ----------------------------------------------------------------
+
+    def _build_cold(self) -> ColdPath | None:
+        """Build the cold path (module docstring) as one closure over plain-int constants, or
+        None when the caches are not all unbounded-and-enabled (the PSC may be disabled) or
+        the unit has no scalable mode: then every miss takes :meth:`_translate`.
+
+        ``cold(rta, sid, addr, pasid, write, privileged)`` (the caller has checked the
+        arguments, TES, TTM = 01 and that the request does not execute) follows
+        :meth:`_translate` step by step -- context cache, context entry (VT-d 9.4), PASID
+        cache, PASID directory and table entry (9.5, 9.6), SRE, IOTLB, paging-structure
+        caches, second-level walk (3.7; R/W accumulate over the levels), interrupt range
+        (3.14) -- reading the same entries with the same checks in the same order as
+        :class:`~vtdsim.hw.walk.Walker`, and returns None as soon as anything falls outside
+        what it handles, before any cache, counter or fault register is touched."""
+        caps = self.caps
+        geos = (caps.context_cache, caps.pasid_cache, caps.iotlb)
+        if not caps.scalable_mode or any(g.entries is not None for g in geos):
+            return None
+        if caps.paging_structure_cache.entries not in (None, 0):
+            return None
+        tr = self
+        w = self.walker
+        mem = w.memory
+        ccache, pcache, iotlb, psc = self.context_cache, self.pasid_cache, self.iotlb, self.psc
+        assert not (ccache.bounded or pcache.bounded or iotlb.bounded or psc.bounded)
+        # the unbounded caches' dicts (identity never changes: invalidations clear in place)
+        cc_all, pc_all, io_all, psc_all = ccache._all, pcache._all, iotlb._all, psc._all
+        cc_get, pc_get, io_get = cc_all.get, pc_all.get, io_all.get
+        psc_on = psc.enabled
+        fast = self._fast
+        ok_sm = self._ok_sm
+        new = object.__new__
+        # root / context entry (the masks Walker._context_sm_fast uses)
+        lp, up = w.rs_p
+        lrsv, ursv = w.rs_rsv
+        lctp, uctp = w.rs_ctp
+        sc_p, sc_fpd, sc_dte, sc_paside, sc_dir = w.sc_p, w.sc_fpd, w.sc_dte, w.sc_paside, w.sc_dir
+        sc_rsv0, sc_rsv1 = w.sc_rsv[0], w.sc_rsv[1]
+        rp_s, rp_m = w.sc_rid_pasid
+        sc_rid_priv = w.sc_rid_priv
+        pdts_s, pdts_m = w.sc_pdts
+        # PASID directory and table entry (Walker._pasid_entry_fast / pasid_entry)
+        pd_p, pd_fpd, pd_rsv, pd_ptr = w.pd_p, w.pd_fpd, w.pd_rsv, w.pd_ptr
+        pe_p, pe_fpd, pe_ssade, pe_slptr = w.pe_p, w.pe_fpd, w.pe_ssade, w.pe_slptr
+        pe_sre, pe_wpe, pe_eafe = w.pe_sre, w.pe_wpe, w.pe_eafe
+        pe_rsv0, pe_rsv1, pe_rsv2 = w.pe_rsv[0], w.pe_rsv[1], w.pe_rsv[2]
+        did_s, did_m = w.pe_did
+        pgtt_s, pgtt_m = w.pe_pgtt
+        aw_s, aw_m = w.pe_aw
+        sl_ok = bool(w._pgtt_ok[PGTT_SL])
+        pt_ok = bool(w._pgtt_ok[PGTT_PT])
+        sl_ad = caps.sl_ad
+        # AW -> SL levels (0: not a SAGAW width, PASID entry invalid)
+        aw_levels = tuple((aw + 2) if 12 + 9 * (aw + 2) in caps.sagaw else 0 for aw in range(8))
+        # levels -> input-address limit (Walker.second_level: min(AW, MGAW)); level -> the
+        # shift of its index (and the page shift of a leaf there)
+        limit = tuple(min(12 + 9 * lvl, w.mgaw) for lvl in range(6))
+        shift_of = tuple(3 + 9 * lvl for lvl in range(6))
+        # second-level entries, per level (Walker.sl_level: scalable mode)
+        rwm, sl_r, sl_w, ps, taddr = w.sl_rw, w.sl_r, w.sl_w, w.sl_ps, w.sl_table_addr
+        lv = w.sl_level
+        t_rsv = tuple(lv[lvl][0] if lvl else 0 for lvl in range(6))
+        l_rsv = tuple(lv[lvl][1] if lvl else -1 for lvl in range(6))
+        l_addr = tuple(lv[lvl][2] if lvl else 0 for lvl in range(6))
+        perm_r = PERM_R | PERM_SR | PERM_X | PERM_SX
+        perm_w = PERM_W | PERM_SW
+        user = ~(PERM_SR | PERM_SW | PERM_SX)
+        intr_lo, intr_hi = _INTR_LO, _INTR_HI
+        # Context and PASID-cache values are pure functions of the entry qwords they were
+        # decoded from (and the FPD bits met on the way) and are never modified, so the last
+        # one built per source-id / PASID is reused when the same qwords are read again: a
+        # cache refill after an invalidation then costs a comparison, not a decode.  These
+        # memos live in this closure, outside the unit's state (an explorer snapshot neither
+        # records nor restores them); what is cached is exactly what would have been built.
+        ctx_memo: dict[int, tuple[int, int, ContextInfo]] = {}
+        pe_memo: dict[int, tuple[int, int, int, bool, PasidInfo]] = {}
+        # the same for IOTLB entries, by their cache key (which fixes every field but the
+        # ones compared), and for the paging-structure-cache entries one walk fills, by
+        # (DID, PASID, PGTT, addr >> 21) and the (level, table, R/W) the walk met
+        io_memo: dict[tuple[int, int, int, int], IotlbEntry] = {}
+        psc_memo: dict[tuple[int, int, int, int], tuple[list[_Fill], list[_PscPair]]] = {}
+        # every table pointer is page aligned (its field starts at bit 12), so an entry is
+        # indexed in its page without re-deriving the page offset
+        for m in (lctp, uctp, sc_dir, pd_ptr, pe_slptr, taddr):
+            assert not m & 4095
+
+        def cold(
+            rta: int, sid: int, addr: int, pasid: int | None, write: bool, priv: bool
+        ) -> Translation | TranslationFault | None:
+            q = mem.qword_pages
+            # -- context cache, then root + context entry (Walker._context_sm_fast) --------
+            ctx: ContextInfo | None = cc_get(sid)
+            new_ctx = ctx is None
+            if ctx is None:
+                if rta & 15:
+                    return None  # a root entry across pages: the general read decides
+                # root entry: lower/upper half by devfn (Linux iommu_context_addr)
+                if sid & 0x80:
+                    a = rta + ((sid >> 8) << 4) + 8
+                    pg = q.get(a >> 12)
+                    if pg is None:
+                        return None
+                    e = pg[(a & 4095) >> 3]
+                    if not e & up or e & ursv:
+                        return None
+                    a = (e & uctp) + ((sid & 0x7F) << 5)
+                else:
+                    a = rta + ((sid >> 8) << 4)
+                    pg = q.get(a >> 12)
+                    if pg is None:
+                        return None
+                    e = pg[(a & 4095) >> 3]
+                    if not e & lp or e & lrsv:
+                        return None
+                    a = (e & lctp) + ((sid & 0x7F) << 5)
+                # 32-byte scalable-mode context entry (the context table is page aligned)
+                pg = q.get(a >> 12)
+                if pg is None:
+                    return None
+                i = (a & 4095) >> 3
+                c0 = pg[i]
+                c1 = pg[i + 1]
+                if not c0 & sc_p or c0 & sc_rsv0 or c1 & sc_rsv1 or pg[i + 2] or pg[i + 3]:
+                    return None
+                m = ctx_memo.get(sid)
+                if m is not None and m[0] == c0 and m[1] == c1:
+                    ctx = m[2]
+                else:
+                    ctx = new(ContextInfo)
+                    ctx.sid = sid
+                    ctx.mode = 1
+                    ctx.raw = (c0, c1, 0, 0)  # qwords 2-3 are zero (checked above)
+                    ctx.fpd = (c0 & sc_fpd) != 0
+                    ctx.dte = (c0 & sc_dte) != 0
+                    ctx.paside = (c0 & sc_paside) != 0
+                    ctx.dir_entries = 1 << (((c0 & pdts_m) >> pdts_s) + 7)
+                    ctx.pasid_dir = c0 & sc_dir
+                    ctx.rid_pasid = (c1 & rp_m) >> rp_s
+                    ctx.rid_priv = (c1 & sc_rid_priv) != 0
+                    ctx.tt = 0
+                    ctx.slptr = 0
+                    ctx.levels = 0
+                    ctx.did = 0
+                    if len(ctx_memo) >= _MEMO_MAX:
+                        ctx_memo.clear()
+                    ctx_memo[sid] = (c0, c1, ctx)
+            elif ctx.mode != 1:
+                return None
+            # -- PASID: the request's, or RID_PASID with RID_PRIV (VT-d 9.4) ---------------
+            if pasid is None:
+                p = ctx.rid_pasid
+                eff = ctx.rid_priv
+            else:
+                if not ctx.paside:
+                    return None
+                p = pasid
+                eff = priv
+            pkey = (sid, p)
+            pe: PasidInfo | None = pc_get(pkey)
+            new_pe = pe is None
+            if pe is None:
+                # PASID directory entry (index PASID[19:6], 2^(PDTS+7) entries; VT-d 9.5)
+                didx = p >> 6
+                if didx >= ctx.dir_entries:
+                    return None
+                a = ctx.pasid_dir + (didx << 3)
+                pg = q.get(a >> 12)
+                if pg is None:
+                    return None
+                de = pg[(a & 4095) >> 3]
+                if not de & pd_p:
+                    reason = FR_PDIR_P
+                    fpd = ctx.fpd or (de & pd_fpd) != 0
+                else:
+                    if de & pd_rsv:
+                        return None
+                    # PASID-table entry: 64 bytes, 64 per (page-aligned) table (VT-d 9.6)
+                    pg = q.get((de & pd_ptr) >> 12)
+                    if pg is None:
+                        return None
+                    i = (p & 63) << 3
+                    p0 = pg[i]
+                    fpd = ctx.fpd or (de & pd_fpd) != 0 or (p0 & pe_fpd) != 0
+                    reason = 0 if p0 & pe_p else FR_PE_P
+                if reason:
+                    # present checked first (walk.py module docstring): a fault, recorded
+                    # after what _translate counted and filled
+                    if new_ctx:
+                        ccache.misses += 1
+                        cc_all[sid] = ctx
+                    else:
+                        ccache.hits += 1
+                    pcache.misses += 1
+                    return tr._fault(reason, fpd, sid, pasid, addr, write, False, eff)
+                p1 = pg[i + 1]
+                p2 = pg[i + 2]
+                if (
+                    p0 & pe_rsv0
+                    or p1 & pe_rsv1
+                    or p2 & pe_rsv2
+                    or pg[i + 3]
+                    or pg[i + 4]
+                    or pg[i + 5]
+                    or pg[i + 6]
+                    or pg[i + 7]
+                ):
+                    return None
+                pgtt = (p0 & pgtt_m) >> pgtt_s
+                if pgtt == PGTT_SL:
+                    levels = aw_levels[(p0 & aw_m) >> aw_s]
+                    if not sl_ok or not levels:
+                        return None
+                    sl_root = p0 & pe_slptr
+                elif pgtt == PGTT_PT and pt_ok:
+                    levels = sl_root = 0
+                else:
+                    return None
+                mp = pe_memo.get(p)
+                if mp is not None and mp[0] == p0 and mp[1] == p1 and mp[2] == p2 and mp[3] == fpd:
+                    pe = mp[4]
+                else:
+                    pe = new(PasidInfo)
+                    pe.pasid = p
+                    pe.raw = (p0, p1, p2, 0, 0, 0, 0, 0)  # qwords 3-7 are zero (checked above)
+                    pe.did = (p1 & did_m) >> did_s
+                    pe.pgtt = pgtt
+                    pe.fpd = fpd
+                    pe.sl_root = sl_root
+                    pe.sl_levels = levels
+                    pe.ssade = (p0 & pe_ssade) != 0 and sl_ad
+                    pe.fl_root = 0
+                    pe.fl_levels = 0
+                    pe.sre = (p2 & pe_sre) != 0
+                    pe.wpe = (p2 & pe_wpe) != 0
+                    pe.eafe = (p2 & pe_eafe) != 0
+                    if len(pe_memo) >= _MEMO_MAX:
+                        pe_memo.clear()
+                    pe_memo[p] = (p0, p1, p2, fpd, pe)
+            else:
+                pgtt = pe.pgtt
+                if pgtt == PGTT_SL:
+                    levels = pe.sl_levels
+                elif pgtt == PGTT_PT:
+                    levels = 0
+                else:
+                    return None
+            if pe.ssade:
+                return None  # A/D write-back: the general walk
+            did = pe.did
+            fpd = ctx.fpd or pe.fpd
+            reason = 0
+            if eff and not pe.sre:
+                reason = FR_PE_SRE  # supervisor request, SRE clear (Linux 0x5D)
+            # -- IOTLB (Iotlb.find: 4 KiB, 2 MiB, 1 GiB) ----------------------------------
+            ie: IotlbEntry | None = None
+            walk = False
+            fill: list[_Fill] | None = None
+            psc_miss = psc_hit = 0
+            shift = 12
+            perm = 0
+            hpa = 0
+            if not reason:
+                if io_all:  # (an empty IOTLB misses at every size)
+                    ie = io_get((did, p, 12, addr >> 12))
+                    if ie is None:
+                        ie = io_get((did, p, 21, addr >> 21))
+                        if ie is None:
+                            ie = io_get((did, p, 30, addr >> 30))
+                need = (PERM_W if write else PERM_R) << (3 if eff else 0)  # need_mask
+                if ie is None or ie.perm & need != need:
+                    walk = True
+                    if pgtt == PGTT_SL:
+                        if addr >> limit[levels]:
+                            return None  # 0x83: the general walk reports it
+                        # paging-structure caches: deepest level first (VT-d 6.2.4)
+                        level = levels
+                        table = pe.sl_root
+                        rw = rwm
+                        if not psc_on:
+                            pass
+                        elif not psc_all:
+                            fill = []
+                            psc_miss = levels - 1  # an empty PSC misses at every level
+                        else:
+                            fill = []
+                            for lvl in range(1, levels):
+                                ps_e: PscEntry | None = psc_all.get(
+                                    (did, p, pgtt, lvl, addr >> (12 + 9 * lvl))
+                                )
+                                if ps_e is not None:
+                                    psc_hit = 1
+                                    level = lvl
+                                    table = ps_e.table
+                                    rw = ps_e.acc
+                                    break
+                                psc_miss += 1
+                        # the walk (Walker.second_level, scalable mode, no A/D)
+                        while True:
+                            pg = q.get(table >> 12)
+                            if pg is None:
+                                return None
+                            e = pg[(addr >> shift_of[level]) & 511]
+                            if not e & rwm:
+                                reason = FR_SS_RW  # R=W=0: not present (VT-d 3.7)
+                                break
+                            if level == 1 or e & ps:
+                                lr = l_rsv[level]
+                                if lr < 0 or e & lr:
+                                    return None
+                                rw &= e
+                                break
+                            if e & t_rsv[level]:
+                                return None
+                            rw &= e
+                            table = e & taddr
+                            level -= 1
+                            if fill is not None:
+                                fill.append((level, table, rw))
+                        if not reason:
+                            if not rw & (sl_w if write else sl_r):
+                                reason = FR_SM_WRITE if write else FR_SM_READ
+                            else:
+                                shift = shift_of[level]
+                                hpa = (e & l_addr[level]) | (addr & ((1 << shift) - 1))
+                                perm = (perm_r if rw & sl_r else 0) | (perm_w if rw & sl_w else 0)
+                    else:  # pass-through
+                        hpa = addr
+                        perm = _ALL
+                    if not reason:
+                        if not pe.sre:
+                            perm &= user
+                        if intr_lo <= hpa <= intr_hi:
+                            return None  # 0x87 from the walk: the general path
+            # -- commit: what _translate counts and fills, in its order --------------------
+            if new_ctx:
+                ccache.misses += 1
+                cc_all[sid] = ctx
+            else:
+                ccache.hits += 1
+            if new_pe:
+                pcache.misses += 1
+                pc_all[pkey] = pe
+            else:
+                pcache.hits += 1
+            if reason == FR_PE_SRE:
+                return tr._fault(reason, fpd, sid, pasid, addr, write, False, eff)
+            if ie is None:
+                iotlb.misses += 1
+            else:
+                iotlb.hits += 1
+            if walk:
+                tr._walks += 1
+                if psc_miss:
+                    psc.misses += psc_miss
+                if psc_hit:
+                    psc.hits += 1
+                if reason:
+                    return tr._fault(reason, fpd, sid, pasid, addr, write, False, eff)
+                mask = (1 << shift) - 1
+                ats = ctx.dte
+                key = (did, p, shift, addr >> shift)
+                ie = io_memo.get(key)
+                page_hpa = hpa & ~mask
+                if (
+                    ie is None
+                    or ie.hpa != page_hpa
+                    or ie.perm != perm
+                    or ie.pgtt != pgtt
+                    or ie.ats != ats
+                ):
+                    ie = new(IotlbEntry)
+                    ie.did = did
+                    ie.pasid = p
+                    ie.base = addr & ~mask
+                    ie.shift = shift
+                    ie.hpa = page_hpa
+                    ie.perm = perm
+                    ie.pgtt = pgtt
+                    ie.ats = ats
+                    if len(io_memo) >= _MEMO_MAX:
+                        io_memo.clear()
+                    io_memo[key] = ie
+                if fast and key in io_all:
+                    tr._drop_fast()  # a refill replaces an entry fast-path entries may summarise
+                io_all[key] = ie
+                if fill:
+                    # the PSC entries of the tables met, in walk order (_walk_fill's inserts)
+                    fkey = (did, p, pgtt, addr >> 21)  # fixes every PSC key of this walk
+                    fm = psc_memo.get(fkey)
+                    if fm is None or fm[0] != fill:
+                        pairs: list[_PscPair] = []
+                        for lvl, table, acc in fill:
+                            s = 12 + 9 * lvl
+                            pse = new(PscEntry)
+                            pse.did = did
+                            pse.pasid = p
+                            pse.pgtt = pgtt
+                            pse.level = lvl
+                            pse.shift = s
+                            pse.base = (addr >> s) << s
+                            pse.table = table
+                            pse.acc = acc
+                            pairs.append(((did, p, pgtt, lvl, addr >> s), pse))
+                        if len(psc_memo) >= _MEMO_MAX:
+                            psc_memo.clear()
+                        fm = psc_memo[fkey] = (fill, pairs)
+                    psc_all.update(fm[1])
+            else:
+                assert ie is not None
+                shift = ie.shift
+                mask = (1 << shift) - 1
+                hpa = ie.hpa | (addr & mask)
+                perm = ie.perm
+                ats = ie.ats
+                if intr_lo <= hpa <= intr_hi:
+                    return tr._fault(FR_SM_INTERRUPT, fpd, sid, pasid, addr, write, False, eff)
+            # -- the translation, and its fast-dict entry (_fast_fill) ---------------------
+            page = new(_Page)
+            page.sid = sid
+            page.pasid = p
+            page.did = did
+            page.shift = shift
+            page.perm = perm
+            page.pgtt = pgtt
+            page.ats = ats
+            page.privileged = eff
+            page_hpa = hpa & ~0xFFF
+            if page_hpa > intr_hi or page_hpa + 0xFFF < intr_lo:
+                sm_rid = pasid is None
+                ok = ok_sm[perm | sm_rid << 6 | ctx.rid_priv << 7 | pe.sre << 8]
+                if ok:
+                    epg = ie.pgtt
+                    if sm_rid:
+                        pg0 = pg1 = (
+                            page if epg == pgtt else _Page(sid, p, did, shift, perm, epg, ats, eff)
+                        )
+                    else:
+                        pg0 = (
+                            page
+                            if not eff and epg == pgtt
+                            else _Page(sid, p, did, shift, perm, epg, ats, False)
+                        )
+                        if not ok >> 4:
+                            pg1 = pg0  # no privileged request is served: never read
+                        elif eff and epg == pgtt:
+                            pg1 = page
+                        else:
+                            pg1 = new(_Page)
+                            pg1.sid = sid
+                            pg1.pasid = p
+                            pg1.did = did
+                            pg1.shift = shift
+                            pg1.perm = perm
+                            pg1.pgtt = epg
+                            pg1.ats = ats
+                            pg1.privileged = True
+                    fast[(sid, pasid, addr >> 12)] = [page_hpa, ok, pg0, pg1, 1, 0]
+            t = new(Translation)
+            t.address = hpa
+            t._p = page
+            return t
+
+        return cold
 
     def _fault(
         self,
