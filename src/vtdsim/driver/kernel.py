@@ -38,6 +38,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from vtdsim.driver.core import DomainType, IommuCore
+from vtdsim.driver.intel.aux import CorrectedAux
 from vtdsim.driver.intel.dmar import IntelIommu, Quirks, init_dmars
 from vtdsim.driver.intel.domain_id import FLPT_DEFAULT_DID
 from vtdsim.driver.intel.inject import FaultInjector
@@ -202,7 +203,7 @@ class Kernel(IommuCore):
             for d, n in st.aux.items():
                 assert isinstance(d, DmarDomain)
                 aux_pairs[(id(st.dev), d)] = n
-        refs: Counter[tuple[int, DmarDomain]] = Counter()
+        refs: dict[tuple[int, DmarDomain], int] = {}
         busy = self.in_flight
         for st in self._devices.values():
             info = ops.infos[id(st.dev)]
@@ -212,7 +213,8 @@ class Kernel(IommuCore):
             # update and the core's bookkeeping: skip the core-vs-driver comparisons
             st_busy = busy(st)
             for pasid, dom in prog.items():
-                refs[(info.iommu.seq_id, dom)] += 1
+                rk = (info.iommu.seq_id, dom)
+                refs[rk] = refs.get(rk, 0) + 1
                 where = f"PASID {pasid:#x} of {name}"
                 if dom.freed or dom not in live:
                     out.append(f"{where} points to freed {dom!r}")
@@ -265,21 +267,22 @@ class Kernel(IommuCore):
                         f"{d.default_pasid} is {prog.get(d.default_pasid)!r}"
                     )
         # 3. attachment counts
-        per_domain: Counter[DmarDomain] = Counter()
+        # (plain dicts, not Counters: the audit runs at every quiescent decision of a search)
+        per_domain: dict[DmarDomain, int] = {}
+        v5 = ops.aux_variant == "v5"
         for (_dev, d), n in aux_pairs.items():
-            per_domain[d] += n if ops.aux_variant == "v5" else 1
-        records = Counter[DmarDomain]()
+            per_domain[d] = per_domain.get(d, 0) + (n if v5 else 1)
+        records: dict[DmarDomain, int] = {}
         aux = ops.aux
         if ops.aux_variant == "corrected":
-            from vtdsim.driver.intel.aux import CorrectedAux
-
             assert isinstance(aux, CorrectedAux)
             for d, info, _p, users in aux.attachments():
-                records[d] += 1
+                records[d] = records.get(d, 0) + 1
                 core_n = aux_pairs.get((id(info.dev), d), 0)
                 if users != core_n and not busy(d):
                     out.append(f"{d!r} on {info.dev.bdf}: {users} users, core has {core_n}")
         held_pasids: dict[int, DmarDomain] = {}
+        dids_held: dict[int, list[int]] = {}  # unit seq_id -> the DIDs live domains hold there
         for d in live:
             if not isinstance(d, DmarDomain):
                 continue
@@ -296,6 +299,7 @@ class Kernel(IommuCore):
                 out.append(f"{d!r} keeps default PASID {d.default_pasid} with no aux attachment")
             # 4. DID references
             for seq, di in d.iommu_array.items():
+                dids_held.setdefault(seq, []).append(di.did)
                 n = refs.get((seq, d), 0)
                 if di.refcnt != n:
                     out.append(
@@ -321,15 +325,9 @@ class Kernel(IommuCore):
             if owners.get(p) is not d:
                 out.append(f"{d!r} holds PASID {p}, allocator owner is {owners.get(p)!r}")
         for iommu in self.iommus:
-            held = {
-                d.iommu_array[iommu.seq_id].did
-                for d in live
-                if isinstance(d, DmarDomain) and iommu.seq_id in d.iommu_array
-            }
-            n_held = sum(
-                1 for d in live if isinstance(d, DmarDomain) and iommu.seq_id in d.iommu_array
-            )
-            if len(held) != n_held:
+            held_list = dids_held.get(iommu.seq_id, [])
+            held = set(held_list)
+            if len(held) != len(held_list):
                 out.append(f"{iommu.name}: two live domains share a DID")
             if len(iommu.domain_ids) != len(held):
                 out.append(
