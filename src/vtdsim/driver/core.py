@@ -575,10 +575,30 @@ class IommuCore:
     def aux_attach_device(self, domain: IommuDomain, dev: Any) -> None:
         """``iommu_aux_attach_device``: attach ``domain`` to ``dev`` at the domain's default
         PASID (the driver allocates it; read it back with :meth:`aux_get_pasid`)."""
-        d = self._domain(domain)
-        st = self.device_state(dev)
+        # Hot path: a live domain of this core and a probed device object (what _domain and
+        # device_state accept without raising), then _begin2 inlined; else the checking calls.
+        try:
+            live = domain in self._domains
+        except TypeError:  # unhashable: certainly not a domain
+            live = False
+        # (a name is never a registered object: its id() finds nothing, device_state decides)
+        st = self._devices.get(id(dev)) if live else None
+        if st is None:
+            d = self._domain(domain)
+            st = self.device_state(dev)
+        else:
+            d = domain
+        inflight = self._inflight
+        kd = id(d)
+        ks = id(st)
+        records = self._records
+        records.acquire()  # _begin2(d, st), inlined (explicit acquire/release: cheaper)
+        try:
+            inflight[kd] = inflight.get(kd, 0) + 1
+            inflight[ks] = inflight.get(ks, 0) + 1
+        finally:
+            records.release()
         # No group->mutex: Linux's iommu_aux_attach_device called the driver unlocked.
-        self._begin2(d, st)
         try:
             self.ops.aux_attach_dev(d, st.dev)
         except BaseException:
@@ -586,28 +606,61 @@ class IommuCore:
             raise
         # The bookkeeping and _end under one _records section (a threading.Lock, never a
         # scheduling point: nobody can observe the two apart).
-        with self._records:
+        records.acquire()
+        try:
             try:
                 st.aux[d] = st.aux.get(d, 0) + 1
                 d.aux_devices[st.dev] = d.aux_devices.get(st.dev, 0) + 1
             finally:
-                self._end2_locked(d, st)
+                # _end2_locked(d, st), inlined
+                n = inflight[kd] - 1
+                if n:
+                    inflight[kd] = n
+                else:
+                    del inflight[kd]
+                n = inflight[ks] - 1
+                if n:
+                    inflight[ks] = n
+                else:
+                    del inflight[ks]
+        finally:
+            records.release()
 
     def aux_detach_device(self, domain: IommuDomain, dev: Any) -> None:
         """``iommu_aux_detach_device``.  Linux silently ignores a domain that is not
         aux-attached; the model raises ``-EINVAL``."""
-        d = self._domain(domain)
-        st = self.device_state(dev)
+        # Hot path as in aux_attach_device: the checks _domain/device_state would pass.
+        try:
+            live = domain in self._domains
+        except TypeError:
+            live = False
+        # (a name is never a registered object: its id() finds nothing, device_state decides)
+        st = self._devices.get(id(dev)) if live else None
+        if st is None:
+            d = self._domain(domain)
+            st = self.device_state(dev)
+        else:
+            d = domain
         n = st.aux.get(d, 0)
         if n == 0:
             raise IommuError(errno.EINVAL, f"domain {d!r} is not aux-attached to {st.name}")
-        self._begin2(d, st)
+        inflight = self._inflight
+        kd = id(d)
+        ks = id(st)
+        records = self._records
+        records.acquire()  # _begin2 inlined (explicit acquire/release: cheaper)
+        try:
+            inflight[kd] = inflight.get(kd, 0) + 1
+            inflight[ks] = inflight.get(ks, 0) + 1
+        finally:
+            records.release()
         try:
             self.ops.aux_detach_dev(d, st.dev)
         except BaseException:
             self._end2(d, st)
             raise
-        with self._records:  # bookkeeping and _end in one section (see aux_attach_device)
+        records.acquire()  # bookkeeping and _end in one section (see aux_attach_device)
+        try:
             try:
                 n = st.aux.get(d, 0)  # re-read: another thread may have detached meanwhile
                 if n <= 1:
@@ -617,7 +670,19 @@ class IommuCore:
                     st.aux[d] = n - 1
                     d.aux_devices[st.dev] = n - 1
             finally:
-                self._end2_locked(d, st)
+                # _end2_locked(d, st), inlined
+                n = inflight[kd] - 1
+                if n:
+                    inflight[kd] = n
+                else:
+                    del inflight[kd]
+                n = inflight[ks] - 1
+                if n:
+                    inflight[ks] = n
+                else:
+                    del inflight[ks]
+        finally:
+            records.release()
 
     def aux_get_pasid(self, domain: IommuDomain, dev: Any) -> int:
         """``iommu_aux_get_pasid``: ``-EINVAL`` if the domain has no default PASID."""

@@ -48,6 +48,7 @@ ignored and ICC/IVT stay set (QEMU ``vtd_handle_ccmd_write``).
 from __future__ import annotations
 
 import importlib
+import struct
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Any, Protocol
@@ -226,6 +227,15 @@ _RSVD_DEVTLB = _rsvd(D.DEVTLB_DESC)
 # PD (page-request drain) needs ECAP.PDS, which the model never reports (OpenVMM validate).
 _RSVD_WAIT = _rsvd(D.WAIT_DESC, D.WAIT_DESC.field("PD").mask)
 _RSVD_WAIT_LO, _RSVD_WAIT_HI = _RSVD_WAIT  # the wait handler runs once per submission
+_WAIT_TYPE = int(D.DescType.WAIT)
+#: a wait descriptor's 32-bit status data, little-endian (PhysicalMemory.write32's bytes)
+_PACK_U32 = struct.Struct("<I").pack_into
+#: qword-0 bits that keep a wait descriptor off _iqt_written's inline path: reserved bits
+#: (an error, reported by _qi_wait) and IF (a completion interrupt, raised by _qi_wait)
+_W_INLINE_NOT = _RSVD_WAIT_LO | _W_IF
+#: ... and in one test: type bits (3:0, 11:9) = wait, SW set, IF and reserved bits clear
+_W_FAST_MASK = 0xF | 0x70 << 5 | _W_SW | _W_INLINE_NOT
+_W_FAST_VALUE = _WAIT_TYPE & 0xF | (_WAIT_TYPE & 0x70) << 5 | _W_SW
 _FSTS_OFF, _IQT_OFF, _IQH_OFF = R.FSTS, R.IQT, R.IQH  # register offsets for _iqt_written
 _RSVD_PIOTLB = _rsvd(D.PIOTLB_DESC)
 _RSVD_PC = _rsvd(D.PASID_CACHE_DESC)
@@ -788,10 +798,11 @@ class RemappingUnit:
         if regs[_FSTS_OFF] & _FSTS_IQE:
             return  # QEMU vtd_handle_iqt_write: no fetch while IQE is pending
         qt = regs[_IQT_OFF]
-        if self._iq_dw and qt & 0x10:
+        shift = self._iq_shift  # 5 exactly when IQA.DW latched 256-bit descriptors
+        if shift == 5 and qt & 0x10:
             self._queue_error(_IQEI_MISALIGNED)  # IQT bit 4 reserved with 256-bit descriptors
             return
-        tail = qt >> self._iq_shift
+        tail = qt >> shift
         if tail >= self._iq_entries:
             self._queue_error(_IQEI_TAIL)  # QEMU vtd_fetch_inv_desc: tail beyond the queue
             return
@@ -799,8 +810,63 @@ class RemappingUnit:
         head = self._iq_head
         if tail == head:
             return
-        shift = self._iq_shift
         addr = self._iq_base + (head << shift)
+        if tail == head + 2 and shift == 5 and (addr & 0xFFF) <= 0xFC0:
+            # qi_submit_sync's one-descriptor submission: a 256-bit descriptor then the wait
+            # descriptor, in one ring page; the general block below unrolled for it when both
+            # have qwords 2-3 clear and the wait descriptor asks for the status write only
+            # (SW; no IF, no reserved bit): same fetch, checks, handler, status write (VT-d
+            # 6.5.2.8, QEMU vtd_process_wait_desc), counters, IQH and error, in the same
+            # order (tests/test_perf_aux_path.py pins it to the general path).
+            q = self.memory.qword_pages.get(addr >> 12)
+            if (
+                q is not None
+                and not self._running
+                and self._translator is self._qi_tr
+                and self._qi_valid[_WAIT_TYPE]
+            ):
+                i = (addr & 0xFFF) >> 3
+                lo, hi, x2, x3, wlo, whi, w2, w3 = q[i : i + 8].tolist()
+                if (
+                    not (x2 or x3 or w2 or w3)
+                    and wlo & _W_FAST_MASK == _W_FAST_VALUE
+                    and not whi & _RSVD_WAIT_HI
+                ):
+                    self._running = True
+                    try:
+                        t = (lo & 0xF) | ((lo >> 5) & 0x70)
+                        err = self._qi_table[t](lo, hi)
+                        if err is None:
+                            counts = self._counts
+                            counts[t] += 1
+                            head += 1
+                            # the status write (SADDR is dword aligned, the data 32 bits):
+                            # PhysicalMemory.write32's store into an already written page,
+                            # inlined; any other page through write32 itself
+                            saddr = whi & _W_SADDR
+                            buf = self.memory.written_pages.get(saddr >> 12)
+                            try:
+                                if buf is not None:
+                                    _PACK_U32(buf, saddr & 0xFFF, wlo >> _W_SDATA_SH)
+                                else:
+                                    self.memory.write32(saddr, wlo >> _W_SDATA_SH)
+                            except MemoryAccessError:
+                                err = _IQEI_NA
+                            else:
+                                self._status_writes += 1
+                                self._waits += 1
+                                counts[_WAIT_TYPE] += 1
+                                head += 1
+                        if err is None and head != self._iq_tail:
+                            self._drain(head)  # a side effect moved the tail
+                            return
+                        self._iq_head = head
+                        regs[_IQH_OFF] = head << 5
+                        if err is not None:
+                            self._queue_error(err)
+                    finally:
+                        self._running = False
+                    return
         nwords = self._iq_words
         n = (tail - head) * nwords
         i = (addr & 0xFFF) >> 3
@@ -822,7 +888,9 @@ class RemappingUnit:
             table = self._qi_table
             counts = self._counts
             wide = nwords == 4
-            err: int | None = None
+            # the wait descriptor is valid (its handler is _qi_wait) unless TTM is bad
+            wait_ok = self._qi_valid[_WAIT_TYPE]
+            err = None
             i = 0
             while head < tail:
                 lo = block[i]
@@ -832,9 +900,34 @@ class RemappingUnit:
                     # qwords 2-3 of a 256-bit descriptor are reserved (VT-d 6.5.2)
                     err = _IQEI_RSVD if self._qi_valid[t] else table[t](lo, hi)
                     break
-                err = table[t](lo, hi)
-                if err is not None:
-                    break
+                if (
+                    t == _WAIT_TYPE
+                    and wait_ok
+                    and not lo & _W_INLINE_NOT
+                    and not hi & _RSVD_WAIT_HI
+                ):
+                    # _qi_wait inlined for qi_submit_sync's wait descriptor (SW, no IF, no
+                    # reserved bit): the status write of VT-d 6.5.2.8 (QEMU
+                    # vtd_process_wait_desc); an unwritable address is a queue error.
+                    if lo & _W_SW:
+                        # PhysicalMemory.write32's store into a written page, inlined (as in
+                        # the two-descriptor path above); any other page through write32
+                        saddr = hi & _W_SADDR
+                        buf = self.memory.written_pages.get(saddr >> 12)
+                        try:
+                            if buf is not None:
+                                _PACK_U32(buf, saddr & 0xFFF, lo >> _W_SDATA_SH)
+                            else:
+                                self.memory.write32(saddr, lo >> _W_SDATA_SH)
+                        except MemoryAccessError:
+                            err = _IQEI_NA
+                            break
+                        self._status_writes += 1
+                    self._waits += 1
+                else:
+                    err = table[t](lo, hi)
+                    if err is not None:
+                        break
                 counts[t] += 1
                 head += 1
                 i += nwords

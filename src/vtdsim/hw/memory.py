@@ -48,27 +48,55 @@ PAGE_SHIFT = 12
 PAGE_SIZE = 1 << PAGE_SHIFT
 _PAGE_MASK = PAGE_SIZE - 1
 _Q = (1 << 64) - 1
+_D32 = (1 << 32) - 1
 _ZERO_PAGE = bytes(PAGE_SIZE)
 
 if sys.byteorder != "little":  # pragma: no cover - every VT-d host is little-endian
     raise ImportError("vtdsim.hw.memory needs a little-endian host (memoryview 'Q' casts)")
 
 
-#: n -> ``struct.Struct(f"={n}Q").pack_into`` (PhysicalMemory.write_qwords)
-_PACK_INTO: dict[int, Callable[..., None]] = {}
+#: n -> ``struct.Struct(f"={n}Q").pack`` (PhysicalMemory.write_qwords)
+_PACK: dict[int, Callable[..., bytes]] = {}
+#: one little-endian dword (PhysicalMemory.write32's hot path)
+_PACK_U32 = struct.Struct("<I").pack_into
 
 
 class PhysicalMemory:
     """A sparse 64-bit physical address space of ``size`` bytes (a multiple of 4 KiB)."""
 
-    __slots__ = ("_image", "_image_mv", "_image_pages", "_pages", "_q", "size")
+    __slots__ = (
+        "_image",
+        "_image_mv",
+        "_image_pages",
+        "_pages",
+        "_q",
+        "qword_pages",
+        "size",
+        "written_pages",
+    )
+
+    #: Hot-path view for the page walker and the invalidation queue: pfn -> that page as 512
+    #: qwords (a ``'Q'`` memoryview) for every page already materialised.  A pfn missing from
+    #: it must be read through :meth:`read64` (never-written page, unmapped image page, or out
+    #: of range).  Read-only use; fetch it per walk (``close`` replaces the dict).  A plain
+    #: attribute (the same dict as ``_q``), not a property: no call per access.
+    qword_pages: dict[int, memoryview]
+    #: Hot-path view for stores (the unit's wait-descriptor status writes, the driver's
+    #: invalidation-queue and PASID-entry writes): pfn -> the bytes (little-endian) of every
+    #: page already written (the same dict as ``_pages``; such a page lies inside memory).
+    #: Storing valid little-endian values into those bytes is what :meth:`write32` /
+    #: :meth:`write64` / :meth:`write_qwords` do for them; never add or remove entries, and
+    #: write through those methods for any pfn missing from it.
+    written_pages: dict[int, bytearray]
 
     def __init__(self, size: int = 1 << 32) -> None:
         if not isinstance(size, int) or size <= 0 or size & _PAGE_MASK or size > 1 << 64:
             raise ArgumentError("size", size, "a positive multiple of 4096 no larger than 2^64")
         self.size = size
         self._pages: dict[int, bytearray] = {}
+        self.written_pages = self._pages
         self._q: dict[int, memoryview] = {}
+        self.qword_pages = self._q
         self._image: mmap.mmap | None = None
         self._image_mv: memoryview | None = None
         self._image_pages = 0
@@ -96,8 +124,10 @@ class PhysicalMemory:
         mem._image = mm
         mem._image_mv = memoryview(mm)
         mem._image_pages = length // PAGE_SIZE  # whole pages only; a tail is copied on demand
-        if length % PAGE_SIZE:
-            tail_pfn = length // PAGE_SIZE
+        tail_pfn = length // PAGE_SIZE
+        # (a tail beyond a smaller ``size`` is never installed: every materialised page lies
+        # inside memory, which the read64/write32/write_qwords hot paths rely on)
+        if length % PAGE_SIZE and tail_pfn < mem.size >> PAGE_SHIFT:
             buf = bytearray(PAGE_SIZE)
             buf[: length % PAGE_SIZE] = mm[tail_pfn * PAGE_SIZE : length]
             mem._install(tail_pfn, buf)
@@ -106,6 +136,7 @@ class PhysicalMemory:
     def close(self) -> None:
         """Release the image mapping (views made from it become invalid)."""
         self._q = {k: v for k, v in self._q.items() if k in self._pages}
+        self.qword_pages = self._q
         if self._image_mv is not None:
             self._image_mv.release()
             self._image_mv = None
@@ -178,18 +209,16 @@ class PhysicalMemory:
                 raise ArgumentError("address", addr, "an integer physical address")
             raise MemoryAccessError(addr, n, self.size)
 
-    @property
-    def qword_pages(self) -> dict[int, memoryview]:
-        """Hot-path view for the page walker: pfn -> that page as 512 qwords (a ``'Q'``
-        memoryview) for every page already materialised.  A pfn missing from it must be read
-        through :meth:`read64` (never-written page, unmapped image page, or out of range).
-        Read-only use; fetch it per walk (``close`` replaces the dict)."""
-        return self._q
-
     # -- qword / dword / byte access --------------------------------------------------------
 
     def read64(self, addr: int) -> int:
         """Aligned or unaligned little-endian qword read."""
+        if type(addr) is int and not addr & 7:
+            q = self._q.get(addr >> PAGE_SHIFT)
+            if q is not None:
+                # Hot path: a materialised page (written or image) lies inside memory, and
+                # no negative page number is ever materialised.
+                return q[(addr & _PAGE_MASK) >> 3]
         if addr & 7 or addr < 0 or addr + 8 > self.size:
             self._check(addr, 8)
             return int.from_bytes(self.read(addr, 8), "little")
@@ -241,22 +270,28 @@ class PhysicalMemory:
         one slice assignment; ``array('Q', ...)`` performs the range check itself.
         """
         n = len(values)
+        if type(addr) is int and not addr & 7 and 0 < n <= 512 - ((addr & _PAGE_MASK) >> 3):
+            buf = self._pages.get(addr >> PAGE_SHIFT)
+            if buf is not None:
+                # Hot path: an aligned run inside one written page (written pages lie inside
+                # memory; no negative page number is ever written): the values packed (native
+                # order, as the 'Q' views; every value range-checked before any byte is
+                # stored), then one same-size slice assignment into the page's bytes.
+                # (struct.pack_into zero-fills its destination before it range-checks.)
+                pack = _PACK.get(n)
+                if pack is None:
+                    pack = _PACK[n] = struct.Struct(f"={n}Q").pack
+                try:
+                    data = pack(*values)
+                except struct.error:
+                    pass  # the checking path below raises the typed error
+                else:
+                    off = addr & _PAGE_MASK
+                    buf[off : off + 8 * n] = data
+                    return
         if type(addr) is int and not addr & 7 and addr >= 0 and addr + 8 * n <= self.size:
             i = (addr & _PAGE_MASK) >> 3
             if 0 < n <= 512 - i:
-                buf = self._pages.get(addr >> PAGE_SHIFT)
-                if buf is not None:
-                    # A written page: one struct.pack_into into its bytes (native order, as
-                    # the 'Q' views), which range-checks every value before writing any.
-                    pack = _PACK_INTO.get(n)
-                    if pack is None:
-                        pack = _PACK_INTO[n] = struct.Struct(f"={n}Q").pack_into
-                    try:
-                        pack(buf, addr & _PAGE_MASK, *values)
-                    except struct.error:
-                        pass  # fall through to the checking path for a typed error
-                    else:
-                        return
                 try:
                     packed = array("Q", values)
                 except (OverflowError, TypeError):
@@ -278,6 +313,16 @@ class PhysicalMemory:
         return int.from_bytes(self.read(addr, 4), "little")
 
     def write32(self, addr: int, value: int) -> None:
+        if type(addr) is int and type(value) is int and not addr & 3 and 0 <= value <= _D32:
+            buf = self._pages.get(addr >> PAGE_SHIFT)
+            if buf is not None:
+                # Hot path (a wait descriptor's status write): an aligned dword of a written
+                # page (written pages lie inside memory; no negative page number is ever
+                # written), stored as its 4 little-endian bytes in one pack_into (the bytes
+                # the qword read-modify-write below produces).  The value is checked first:
+                # pack_into zero-fills its destination before it range-checks.
+                _PACK_U32(buf, addr & _PAGE_MASK, value)
+                return
         if type(value) is not int or value < 0 or value > 0xFFFF_FFFF:  # exact int: common
             if not isinstance(value, int) or not 0 <= value <= 0xFFFF_FFFF:
                 raise ArgumentError("value", value, "an unsigned 32-bit integer")

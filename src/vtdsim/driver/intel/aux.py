@@ -58,9 +58,14 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
 from vtdsim.driver.core import DomainType
-from vtdsim.driver.intel.domain_id import domain_attach_iommu, domain_detach_iommu
+from vtdsim.driver.intel import pasid as _pasid
+from vtdsim.driver.intel.domain_id import (
+    IommuDomainInfo,
+    domain_detach_iommu,
+)
 from vtdsim.driver.intel.ioasid import PASID_MIN
-from vtdsim.errors import IommuError
+from vtdsim.errors import ArgumentError, IommuError
+from vtdsim.hw.memory import OutOfFrames
 
 if TYPE_CHECKING:
     from vtdsim.driver.intel.device import DeviceDomainInfo
@@ -144,16 +149,29 @@ class CorrectedAux:
     # -- attach / detach -----------------------------------------------------------------------
 
     def attach(self, domain: DmarDomain, info: DeviceDomainInfo) -> None:
-        """``intel_iommu_aux_attach_device`` → ``aux_domain_add_dev``."""
-        if not aux_attach_allowed(info, domain):
+        """``intel_iommu_aux_attach_device`` → ``aux_domain_add_dev``.
+
+        Hot path: ``aux_attach_allowed``, the address-width check of
+        ``prepare_domain_attach_device`` (once the unit's width is known), ``_aux_pasid_get``
+        and ``domain_attach_iommu`` are inlined, without re-asserting the locks this function
+        has just taken; tests/test_perf_aux_path.py pins it to the calls it replaces."""
+        if not (info.auxd_enabled and domain.type is DomainType.UNMANAGED):
             raise IommuError(
                 errno.EPERM,
                 f"{domain!r} may not be aux-attached to {info.dev.bdf} (AUX enabled: "
                 f"{bool(info.auxd_enabled)}; needs an unmanaged domain)",
             )
-        self.ops.prepare_domain_attach_device(domain, info)
+        ops = self.ops
         iommu = info.iommu
-        with self.ops.device_domain_lock:
+        width = iommu.addr_width
+        pt = domain.pgtable
+        if width is None or (pt is not None and pt.max_addr > 1 << width):
+            ops.prepare_domain_attach_device(domain, info)  # computes the width / raises
+        # spin_lock_irqsave(&device_domain_lock) ... unlock: explicit acquire/release, the
+        # same sync operations as ``with`` (SpinLock.__enter__/__exit__ defer to them), cheaper
+        ddl = ops.device_domain_lock
+        ddl.acquire()
+        try:
             subs = self.by_device.get(id(info))
             if subs is None:  # setdefault without building a dict on every call
                 subs = self.by_device[id(info)] = {}
@@ -161,15 +179,62 @@ class CorrectedAux:
             if sub is not None:  # same (domain, device) again: one more user, no setup
                 sub.users += 1
                 return
-            pasid = self._aux_pasid_get(domain, info)
+            # _aux_pasid_get (device_domain_lock held: taken above)
+            limit = int(info.max_pasids)  # ops.max_pasids(info)
+            if domain.auxd_refcnt == 0:
+                assert domain.default_pasid == INVALID_IOASID, "aux PASID not released"
+                try:
+                    # intel_pasid_alloc_id(domain, PASID_MIN, pci_max_pasids(pdev)): end
+                    # exclusive
+                    pasid = ops.pasid_allocator.alloc(PASID_MIN, limit, domain)
+                except IommuError as e:
+                    raise IommuError(
+                        e.errno if e.errno == errno.ENOMEM else errno.ENOSPC,
+                        f"can't allocate a default PASID below {limit:#x} for {domain!r}: {e}",
+                    ) from e
+                domain.default_pasid = pasid
+            else:
+                pasid = domain.default_pasid
+                if pasid >= limit:
+                    raise IommuError(
+                        errno.EINVAL,
+                        f"{domain!r}'s default PASID {pasid:#x} is beyond {info.dev.bdf}'s "
+                        f"max_pasids {limit:#x}",
+                    )
             try:
-                with iommu.lock:
-                    domain_attach_iommu(domain, iommu)
+                lock = iommu.lock
+                lock.acquire()
+                try:
+                    # domain_attach_iommu (iommu->lock held: taken above)
+                    seq = iommu.seq_id
+                    di = domain.iommu_array.get(seq)
+                    if di is not None:
+                        di.refcnt += 1
+                    else:
+                        did = iommu.domain_ids.alloc(domain)
+                        domain.iommu_array[seq] = IommuDomainInfo(iommu, 1, did)
                     try:
-                        self.ops.pasid_setup(info, domain, pasid)
+                        # ops.pasid_setup(info, domain, pasid), inlined (iommu->lock held:
+                        # taken above; an aux domain is unmanaged: a second-level entry)
+                        try:
+                            _pasid.setup_second_level_held(iommu, domain, info, pasid, False)
+                        except OutOfFrames as e:
+                            raise IommuError(errno.ENOMEM, str(e)) from e
+                        # the mirror of what was written (IntelIommuOps.programmed)
+                        key = id(info)
+                        prog = ops.programmed.get(key)
+                        if prog is None:
+                            prog = ops.programmed[key] = {}
+                        old = prog.get(pasid)
+                        if old is not None:
+                            old.programmed_at.pop((key, pasid), None)
+                        prog[pasid] = domain
+                        domain.programmed_at[(key, pasid)] = info
                     except BaseException:
                         domain_detach_iommu(domain, iommu)
                         raise
+                finally:
+                    lock.release()
             except BaseException:
                 self._aux_pasid_put(domain)  # only if this call took it (refcnt still 0)
                 if not subs:
@@ -177,11 +242,18 @@ class CorrectedAux:
                 raise
             subs[domain] = AuxAttachment(domain, info, pasid)
             domain.auxd_refcnt += 1
+        finally:
+            ddl.release()
 
     def detach(self, domain: DmarDomain, info: DeviceDomainInfo) -> None:
-        """``intel_iommu_aux_detach_device`` → ``aux_domain_remove_dev``."""
+        """``intel_iommu_aux_detach_device`` → ``aux_domain_remove_dev`` (hot path:
+        ``domain_detach_iommu`` and ``_aux_pasid_put`` inlined, without re-asserting the locks
+        taken here)."""
         iommu = info.iommu
-        with self.ops.device_domain_lock:
+        ops = self.ops
+        ddl = ops.device_domain_lock  # explicit acquire/release, as in attach
+        ddl.acquire()
+        try:
             subs = self.by_device.get(id(info))
             sub = subs.get(domain) if subs is not None else None
             if sub is None or subs is None:
@@ -193,10 +265,37 @@ class CorrectedAux:
             if not subs:
                 del self.by_device[id(info)]
             domain.auxd_refcnt -= 1
-            with iommu.lock:
-                self.ops.pasid_teardown(info, sub.pasid)
-                domain_detach_iommu(domain, iommu)
-            self._aux_pasid_put(domain)
+            lock = iommu.lock
+            lock.acquire()
+            try:
+                # ops.pasid_teardown(info, pasid), inlined (iommu->lock held: taken above):
+                # intel_pasid_tear_down_entry, then forget the mirror entry
+                pasid = sub.pasid
+                _pasid.tear_down_entry_held(iommu, info, pasid)
+                key = id(info)
+                prog = ops.programmed.get(key)
+                if prog is not None:
+                    old = prog.pop(pasid, None)
+                    if old is not None:
+                        old.programmed_at.pop((key, pasid), None)
+                # domain_detach_iommu (iommu->lock held: taken above)
+                seq = iommu.seq_id
+                di = domain.iommu_array.get(seq)
+                if di is None:
+                    raise ArgumentError("domain", domain, f"a domain attached to {iommu.name}")
+                di.refcnt -= 1
+                if di.refcnt == 0:
+                    iommu.domain_ids.free(di.did)
+                    del domain.iommu_array[seq]
+            finally:
+                lock.release()
+            # _aux_pasid_put (device_domain_lock held)
+            if domain.auxd_refcnt == 0 and domain.default_pasid != INVALID_IOASID:
+                pasid = domain.default_pasid
+                domain.default_pasid = INVALID_IOASID
+                ops.pasid_allocator.free(pasid)
+        finally:
+            ddl.release()
 
     def get_pasid(self, domain: DmarDomain) -> int:
         """``intel_iommu_aux_get_pasid`` (read under ``device_domain_lock``: Linux read it

@@ -39,7 +39,8 @@ descriptor completed, and callers free page-table pages only afterwards (Linux's
 from __future__ import annotations
 
 import errno
-from collections.abc import Iterable, Sequence
+import struct
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Protocol
 
@@ -373,6 +374,19 @@ VTD_PAGE_SHIFT = 12
 VTD_PAGE_MASK = ((1 << 64) - 1) ^ ((1 << VTD_PAGE_SHIFT) - 1)
 #: ``MAX_AGAW_PFN_WIDTH``: the mask used for a whole-address-space PSI.
 MAX_AGAW_PFN_WIDTH = MAX_AGAW_WIDTH - VTD_PAGE_SHIFT
+_U64 = (1 << 64) - 1
+#: two 256-bit ring slots (qi_submit_sync's descriptor + wait), as PhysicalMemory stores them
+_PACK_2SLOTS = struct.Struct("=8Q").pack
+#: n -> ``struct.Struct(f"={n}Q").pack`` (qi_submit_sync's one-slice copy)
+_PACK_QWORDS: dict[int, Callable[..., bytes]] = {}
+#: one little-endian qword (a status word), as PhysicalMemory.write64 stores it
+_PACK_QWORD_INTO = struct.Struct("<Q").pack_into
+#: QI_IOTLB_GRAN(DMA_TLB_DSI_FLUSH): the G field of a domain-selective IOTLB descriptor
+_DSI_G = (DMA_TLB_DSI_FLUSH >> _IIRG) << _G
+#: qword 1 of desc_dev_iotlb_pasid(..., addr=0, size_order=MAX_AGAW_PFN_WIDTH): the same steps
+_PDEV_ALL_QW1 = (((1 << (MAX_AGAW_PFN_WIDTH + VTD_PAGE_SHIFT)) - 1) & VTD_PAGE_MASK) & ~(
+    1 << (VTD_PAGE_SHIFT + MAX_AGAW_PFN_WIDTH - 1)
+) | _PDEV_S
 
 
 def _qi_dev_iotlb_pfsid(pfsid: int, bug: bool) -> int:
@@ -512,6 +526,9 @@ class IntelIommu:
         self._psi_qw0: dict[int, int] = {}
         #: (bus, devfn, pfsid, qdep) -> qword 0 of its device-TLB descriptor (_flush_iotlb_psi)
         self._devtlb_qw0: dict[tuple[int, int, int, int], int] = {}
+        #: (sid, pfsid, pasid, qdep) -> qword 0 of its whole-address-space PASID device-TLB
+        #: descriptor (flush_dev_iotlb, the teardown's flush); bounded, cleared when full
+        self._pdevtlb_all_qw0: dict[tuple[int, int, int, int], int] = {}
         self._mamv = cap_max_amask_val(self.cap)
         #: ``cap_rwbf``: write-buffer flushing required (iommu_flush_write_buffer, map path)
         self.rwbf = cap_rwbf(self.cap)
@@ -678,12 +695,73 @@ class IntelIommu:
             raise IommuError(errno.ENODEV, f"{self.name}: queued invalidation is not enabled")
         if count + 2 > QI_LENGTH:
             raise ArgumentError("descs", count, f"at most {QI_LENGTH - 2} descriptors")
-        sync.point("qi_submit_sync")
+        if sync._backend is not None:  # sync.point without a call when no backend is installed
+            sync.point("qi_submit_sync")
         mem = self.memory
         shift = self._qi_shift
         lock = self.qi_lock
-        with lock:  # raw_spin_lock_irqsave(&qi->q_lock)
+        # raw_spin_lock_irqsave(&qi->q_lock) ... unlock: explicit acquire/release, the same
+        # sync operations as ``with`` (SpinLock.__enter__/__exit__ defer to them), cheaper
+        lock.acquire()
+        try:
             index = self._free_head
+            if (
+                count == 1
+                and shift == 5
+                and ((index + 1) << 5) & 0xFFF
+                and not self._qi_dirty_hi
+                and self.qi_trace is None
+            ):
+                # The one-descriptor submission of every flush helper but the batched PSI, in
+                # scalable mode (256-bit slots, none with qwords 2-3 in use): descriptor and
+                # wait descriptor in consecutive slots of one ring page (the wait slot neither
+                # wraps nor starts a page).  The general path below, with the same bytes in the
+                # same order (tests/test_perf_aux_path.py pins it to it).
+                d0, d1, d2, d3 = descs[0]
+                if not (d2 or d3):
+                    status_addr = self.qi_status + 8 * (index + 1)
+                    ring = self.qi_desc + (index << 5)
+                    wp = mem.written_pages  # PhysicalMemory's hot-path view of written pages
+                    rbuf = wp.get(ring >> 12)
+                    sbuf = wp.get(status_addr >> 12)
+                    ok = True
+                    if (
+                        rbuf is not None
+                        and sbuf is not None
+                        and type(d0) is int
+                        and type(d1) is int
+                        and 0 <= d0 <= _U64
+                        and 0 <= d1 <= _U64
+                    ):
+                        # PhysicalMemory.write_qwords(ring, ...) and write64(status, QI_IN_USE)
+                        # into pages already written, inlined: the same bytes
+                        off = ring & 0xFFF
+                        rbuf[off : off + 64] = _PACK_2SLOTS(
+                            d0, d1, 0, 0, _WAIT_QW0, status_addr, 0, 0
+                        )
+                        _PACK_QWORD_INTO(sbuf, status_addr & 0xFFF, QI_IN_USE)
+                    else:
+                        try:
+                            mem.write_qwords(ring, (d0, d1, 0, 0, _WAIT_QW0, status_addr, 0, 0))
+                        except ArgumentError:
+                            ok = False  # nothing written: the general path raises the error
+                        else:
+                            mem.write64(status_addr, QI_IN_USE)
+                    if ok:
+                        head = index + 2 if index + 2 < QI_LENGTH else 0
+                        self._free_head = head
+                        self.unit.write32(DMAR_IQT_REG, head << 5)
+                        q = mem.qword_pages.get(status_addr >> 12)  # read-only hot-path view
+                        status = (
+                            q[(status_addr & 0xFFF) >> 3]
+                            if q is not None
+                            else mem.read64(status_addr)
+                        )
+                        if status & 0xFFFFFFFF != QI_DONE:
+                            self._qi_check_fault(
+                                index, 1, index + 1, status_addr, (_WAIT_QW0, status_addr, 0, 0)
+                            )
+                        return
             last = index + count  # the wait descriptor's slot, before the wrap
             wait_index = last if last < QI_LENGTH else last - QI_LENGTH  # count + 2 <= length
             # desc_status[wait_index]: one qword per status word, so aligned qword accesses
@@ -709,12 +787,32 @@ class IntelIommu:
                         words += (d[0], d[1])
                     words += (_WAIT_QW0, status_addr)
                 if fast:
-                    try:
-                        mem.write_qwords(self.qi_desc + (index << shift), words)
-                    except ArgumentError:
-                        fast = False  # nothing written: the general copy raises at the same qword
+                    ring = self.qi_desc + (index << shift)
+                    wp = mem.written_pages  # PhysicalMemory's hot-path view of written pages
+                    rbuf = wp.get(ring >> 12)
+                    sbuf = wp.get(status_addr >> 12)
+                    if rbuf is not None and sbuf is not None:
+                        # PhysicalMemory.write_qwords / write64 into pages already written,
+                        # inlined: every value packed (range-checked) before a byte is stored
+                        n = len(words)
+                        pack = _PACK_QWORDS.get(n)
+                        if pack is None:
+                            pack = _PACK_QWORDS[n] = struct.Struct(f"={n}Q").pack
+                        try:
+                            data = pack(*words)
+                        except struct.error:
+                            fast = False  # nothing written: the general copy raises the error
+                        else:
+                            off = ring & 0xFFF
+                            rbuf[off : off + 8 * n] = data
+                            _PACK_QWORD_INTO(sbuf, status_addr & 0xFFF, QI_IN_USE)
                     else:
-                        mem.write64(status_addr, QI_IN_USE)
+                        try:
+                            mem.write_qwords(ring, words)
+                        except ArgumentError:
+                            fast = False  # nothing written: the general copy raises the error
+                        else:
+                            mem.write64(status_addr, QI_IN_USE)
             if not fast:
                 self._qi_copy(descs, index, wait_index, status_addr, (_WAIT_QW0, status_addr, 0, 0))
             trace = self.qi_trace
@@ -731,6 +829,8 @@ class IntelIommu:
                 self._qi_check_fault(
                     index, count, wait_index, status_addr, (_WAIT_QW0, status_addr, 0, 0)
                 )
+        finally:
+            lock.release()
 
     def _qi_copy(
         self, descs: Sequence[Desc], index: int, wait_index: int, status_addr: int, wait: Desc
@@ -914,8 +1014,10 @@ class IntelIommu:
         self.qi_submit_sync((self.desc_iotlb(did, addr, size_order, granularity),))
 
     def flush_iotlb_dsi(self, did: int) -> None:
-        """Domain-selective IOTLB invalidation (``flush_iotlb`` with ``DMA_TLB_DSI_FLUSH``)."""
-        self.qi_submit_sync((self.desc_iotlb(did, 0, 0, DMA_TLB_DSI_FLUSH),))
+        """Domain-selective IOTLB invalidation (``flush_iotlb`` with ``DMA_TLB_DSI_FLUSH``).
+        The descriptor is :meth:`desc_iotlb`'s, composed inline (``qi_flush_iotlb``: DID,
+        DW/DR, G = DSI, type; qword 1 zero)."""
+        self.qi_submit_sync(((did << _DID | self._iotlb_drain | _DSI_G | QI_IOTLB_TYPE, 0, 0, 0),))
 
     def flush_iotlb_psi(
         self,
@@ -1003,8 +1105,11 @@ class IntelIommu:
 
     def flush_pasid_cache(self, did: int, pasid: int, granularity: int = QI_PC_PASID_SEL) -> None:
         """``qi_flush_pasid_cache`` (default: PASID-selective, as
-        ``pasid_cache_invalidation_with_pasid``)."""
-        self.qi_submit_sync((self.desc_pasid_cache(did, pasid, granularity),))
+        ``pasid_cache_invalidation_with_pasid``).  :meth:`desc_pasid_cache`'s descriptor,
+        composed inline."""
+        self.qi_submit_sync(
+            ((pasid << _PASID | did << _DID | granularity << _G | QI_PC_TYPE, 0, 0, 0),)
+        )
 
     def flush_piotlb(
         self, did: int, pasid: int, addr: int | None = None, pages: int = 0, ih: bool = False
@@ -1023,10 +1128,24 @@ class IntelIommu:
         """
         if not info.ats_enabled:
             return
+        sid = info.bus << 8 | info.devfn  # info.sid (PCI_DEVID)
         if pasid == 0:
-            desc = self.desc_dev_iotlb(info.sid, info.pfsid, info.ats_qdep, addr, mask)
+            desc = self.desc_dev_iotlb(sid, info.pfsid, info.ats_qdep, addr, mask)
+        elif mask == MAX_AGAW_PFN_WIDTH and not addr:
+            # The whole-address-space flush of intel_pasid_tear_down_entry
+            # (devtlb_invalidation_with_pasid): desc_dev_iotlb_pasid(sid, pfsid, pasid, qdep,
+            # 0, 52), with qword 0 computed once per (sid, pfsid, pasid, qdep) and qword 1
+            # constant (tests/test_perf_aux_path.py pins both to the encoder).
+            key = (sid, info.pfsid, pasid, info.ats_qdep)
+            qw0 = self._pdevtlb_all_qw0.get(key)
+            if qw0 is None:
+                qw0 = self.desc_dev_iotlb_pasid(sid, info.pfsid, pasid, info.ats_qdep, 0, mask)[0]
+                if len(self._pdevtlb_all_qw0) >= 4096:
+                    self._pdevtlb_all_qw0.clear()
+                self._pdevtlb_all_qw0[key] = qw0
+            desc = (qw0, _PDEV_ALL_QW1, 0, 0)
         else:
-            desc = self.desc_dev_iotlb_pasid(info.sid, info.pfsid, pasid, info.ats_qdep, addr, mask)
+            desc = self.desc_dev_iotlb_pasid(sid, info.pfsid, pasid, info.ats_qdep, addr, mask)
         self.qi_submit_sync((desc,))
 
 

@@ -72,7 +72,8 @@ class DomainIdAllocator:
     def alloc(self, owner: object = None) -> int:
         """Lowest free DID (``find_first_zero_bit`` + ``set_bit``); ``owner`` (the domain) is
         only passed on to :func:`vtdsim.driver.sync.allocated`."""
-        sync.point("did_alloc")
+        if sync._backend is not None:  # sync.point, no call without a backend
+            sync.point("did_alloc")
         if self.lock is not None:
             self.lock.assert_held()
         if self.injector is not None and self.injector.should_fail("did"):
@@ -82,12 +83,14 @@ class DomainIdAllocator:
             raise IommuError(errno.ENOSPC, f"no free domain ids (cap_ndoms = {self.ndoms})")
         self._used[did] = 1
         self._count += 1
-        sync.allocated("did", did, owner, self)  # observer hook (the explorer's checks)
+        if sync._backend is not None:  # observer hook (the explorer's checks), no call without
+            sync.allocated("did", did, owner, self)
         return did
 
     def free(self, did: int) -> None:
         """``clear_bit(did, iommu->domain_ids)``; freeing a reserved or free id is a bug."""
-        sync.point("did_free")
+        if sync._backend is not None:  # sync.point, no call without a backend
+            sync.point("did_free")
         if self.lock is not None:
             self.lock.assert_held()
         if not 0 <= did < self.ndoms or did in self.reserved or not self._used[did]:

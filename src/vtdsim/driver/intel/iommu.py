@@ -180,9 +180,8 @@ class IntelIommuOps:
             if domain.type is DomainType.IDENTITY:
                 _pasid.intel_pasid_setup_pass_through(iommu, info, pasid, overwrite=overwrite)
             else:
-                _pasid.intel_pasid_setup_second_level(
-                    iommu, domain, info, pasid, overwrite=overwrite
-                )
+                # intel_pasid_setup_second_level with the lock held (asserted just above)
+                _pasid.setup_second_level_held(iommu, domain, info, pasid, overwrite)
         except OutOfFrames as e:
             raise _enomem(e) from e
         prog = self.programmed.get(id(info))
@@ -199,7 +198,8 @@ class IntelIommuOps:
         and forget the mirror entry.  ``iommu->lock`` held."""
         iommu = info.iommu
         iommu.lock.assert_held()
-        _pasid.intel_pasid_tear_down_entry(iommu, info, pasid)
+        # intel_pasid_tear_down_entry(iommu, dev, pasid) with the lock held (asserted above)
+        _pasid.tear_down_entry_held(iommu, info, pasid)
         prog = self.programmed.get(id(info))
         if prog is not None:
             old = prog.pop(pasid, None)
@@ -418,11 +418,13 @@ class IntelIommuOps:
 
     def aux_attach_dev(self, domain: IommuDomain, dev: Any) -> None:
         assert isinstance(domain, DmarDomain)
-        self.aux.attach(domain, self.info(dev))
+        info = self.infos.get(id(dev))  # self.info(dev), inlined for the aux hot path
+        self.aux.attach(domain, info if info is not None else self.info(dev))
 
     def aux_detach_dev(self, domain: IommuDomain, dev: Any) -> None:
         assert isinstance(domain, DmarDomain)
-        self.aux.detach(domain, self.info(dev))
+        info = self.infos.get(id(dev))
+        self.aux.detach(domain, info if info is not None else self.info(dev))
 
     def aux_get_pasid(self, domain: IommuDomain, dev: Any) -> int:
         assert isinstance(domain, DmarDomain)

@@ -35,6 +35,7 @@ table, or no memory for a leaf table: Linux's ``intel_pasid_get_entry`` returns 
 from __future__ import annotations
 
 import errno
+import struct
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any, Protocol
 
@@ -76,6 +77,8 @@ __all__ = [
     "intel_pasid_setup_second_level",
     "intel_pasid_tear_down_entry",
     "pasid_entry_read",
+    "setup_second_level_held",
+    "tear_down_entry_held",
 ]
 
 PASID_MAX = 1 << 20  # intel_pasid_max_id
@@ -363,6 +366,114 @@ def intel_pasid_setup_second_level(
     _program(iommu, info, pasid, _pwsnp(iommu, words), did, overwrite, lock_held)
 
 
+def setup_second_level_held(
+    iommu: IntelIommu,
+    domain: SecondLevelDomain,
+    info: DeviceDomainInfo,
+    pasid: int,
+    overwrite: bool,
+) -> None:
+    """:func:`intel_pasid_setup_second_level` (Linux ``intel_pasid_setup_second_level``) for
+    a caller that holds ``iommu->lock`` and has asserted it (``lock_held=True``, an explicit
+    ``overwrite``): the same checks in the same order, the same entry (cached with its PWSNP
+    already applied), the same writes (qwords 1..7, then qword 0) and the same
+    ``pasid_flush_caches``, with ``iommu_skip_agaw``, ``domain_id_iommu``, ``_sre``,
+    ``_pwsnp``, ``_program``, the directory walk of ``intel_pasid_get_entry`` (present leaf)
+    and ``pasid_flush_caches`` inlined.  tests/test_perf_aux_path.py pins it to the general
+    function."""
+    if not iommu.slts:
+        raise IommuError(errno.EINVAL, f"No second level translation support on {iommu.name}")
+    pt = domain.pgtable
+    if pt is None or not pt.pgd:
+        raise IommuError(errno.EINVAL, "domain has no second-level page table")
+    if pt.agaw > iommu.agaw:
+        agaw, pgd = iommu_skip_agaw(iommu, pt)
+    else:
+        agaw, pgd = pt.agaw, pt.pgd
+    di = domain.iommu_array.get(iommu.seq_id)  # domain_id_iommu
+    if di is None:
+        raise ArgumentError("domain", domain, f"a domain attached to {iommu.name}")
+    did = di.did
+    quirks = iommu.quirks
+    v51 = quirks.v5_1_entry
+    # pgsnp: as intel_pasid_setup_second_level (a DomainType member, or anything whose
+    # ``value`` is "unmanaged")
+    dtype = domain.type
+    if dtype is not DomainType.UNMANAGED:
+        dtype = getattr(dtype, "value", dtype)
+    pgsnp = int((dtype is DomainType.UNMANAGED or dtype == "unmanaged") and iommu.sc and not v51)
+    sre = 1 if v51 else int(pasid != PASID_RID2PASID and iommu.srs)  # _sre
+    pw = (2 if quirks.pwsnp_did_bit0 else 1) if iommu.smpwc else 0  # _pwsnp's three forms
+    key = (agaw, pgd, did, pgsnp, sre, pw)
+    cached = _SL_PW_CACHE.get(key)
+    if cached is None:
+        words = _pwsnp(iommu, _sl_entry(agaw, pgd, did, pgsnp, sre))
+        if len(_SL_PW_CACHE) >= _SL_CACHE_MAX:
+            _SL_PW_CACHE.clear()
+        cached = _SL_PW_CACHE[key] = (
+            words[0],
+            words[1:8],
+            _PACK_QWORDS1(words[0]),
+            _PACK_QWORDS7(*words[1:8]),
+        )
+    w0, tail, w0_bytes, tail_bytes = cached
+    # _program, lock held
+    mem = iommu.memory
+    qp = mem.qword_pages  # read-only hot-path view (a pfn missing from it: read64)
+    ptab = info.pasid_table
+    pte = 0
+    if type(pasid) is int and ptab is not None and 0 <= pasid < ptab.max_pasid:
+        slot = ptab.table + 8 * (pasid >> PASID_PDE_SHIFT)
+        q = qp.get(slot >> 12)
+        v = q[(slot & 0xFFF) >> 3] if q is not None else mem.read64(slot)
+        if v & _DIR_P:  # intel_pasid_get_entry, leaf table present: nothing to allocate
+            pte = (v & _DIR_ADDR) + (pasid & PASID_PTE_MASK) * PASID_ENTRY_SIZE
+    if not pte:
+        pte = intel_pasid_get_entry(info, pasid)
+        if not pte:
+            raise IommuError(
+                errno.ENODEV, f"{info.name}: no PASID entry for {pasid:#x} (intel_pasid_get_entry)"
+            )
+    q = qp.get(pte >> 12)
+    present = bool((q[(pte & 0xFFF) >> 3] if q is not None else mem.read64(pte)) & _PE_P)
+    if present and not overwrite:
+        raise IommuError(errno.EBUSY, f"{info.name}: PASID {pasid:#x} entry already present")
+    # _write_entry: pasid_clear_entry first when present, qwords 1..7, then P last; into a
+    # page already written (PhysicalMemory.written_pages) as the stored bytes themselves
+    buf = mem.written_pages.get(pte >> 12)
+    if buf is not None:  # the 64-byte entry never crosses a page
+        off = pte & 0xFFF
+        if present:
+            buf[off : off + 8] = _ZERO_QWORD
+        buf[off + 8 : off + 64] = tail_bytes
+        buf[off : off + 8] = w0_bytes
+    else:
+        if present:
+            mem.write64(pte, 0)
+        mem.write_qwords(pte + 8, tail)
+        mem.write64(pte, w0)
+    # pasid_flush_caches; clflush_cache_range(pte, PASID_ENTRY_SIZE) inlined (counted only)
+    if not iommu.coherent:
+        iommu.clflushes += 1
+    if iommu.caching_mode:
+        iommu.flush_pasid_cache(did, pasid, QI_PC_PASID_SEL)
+        iommu.flush_piotlb(did, pasid)
+    elif iommu.rwbf:  # iommu_flush_write_buffer is a no-op without CAP.RWBF
+        iommu.iommu_flush_write_buffer()
+
+
+#: setup_second_level_held's entries by (agaw, pgd, did, pgsnp, sre, PWSNP form), with
+#: _pwsnp applied, as (qword 0, qwords 1..7, and both as PhysicalMemory stores them: native
+#: little-endian bytes); bounded as _SL_CACHE.
+_SL_PW_CACHE: dict[
+    tuple[int, int, int, int, int, int], tuple[int, tuple[int, ...], bytes, bytes]
+] = {}
+_PACK_QWORDS1 = struct.Struct("=Q").pack
+_PACK_QWORDS7 = struct.Struct("=7Q").pack
+_ZERO_QWORD = bytes(8)
+_ZERO_ENTRY = bytes(PASID_ENTRY_SIZE)
+
+
 #: Composed second-level entries by (agaw, pgd, did, pgsnp, sre): an attach/detach cycle
 #: writes the same entry again and again (only valid arguments are stored: _sl_entry raises
 #: for the others).  Bounded: cleared when full.
@@ -484,11 +595,12 @@ def intel_pasid_tear_down_entry(
     Modern: a non-present entry is left alone (returns early).  5.1 (``v5_1_entry``): no present
     check, P_IOTLB whatever the PGTT, device TLB always in the non-PASID form.
     """
-    v51 = iommu.quirks.v5_1_entry
     if lock_held:
         iommu.lock.assert_held()
-    else:
-        iommu.lock.acquire()
+        tear_down_entry_held(iommu, info, pasid, fault_ignore)
+        return
+    v51 = iommu.quirks.v5_1_entry
+    iommu.lock.acquire()
     mem = iommu.memory
     try:
         pte = intel_pasid_get_entry(info, pasid)
@@ -503,8 +615,77 @@ def intel_pasid_tear_down_entry(
         # pasid_clear_entry(_with_fpd): qword 0 then 1..7, one slice, under iommu->lock
         mem.write_qwords(pte, (_PE_FPD if fault_ignore and present else 0, 0, 0, 0, 0, 0, 0, 0))
     finally:
-        if not lock_held:
-            iommu.lock.release()
+        iommu.lock.release()
+    _tear_down_flushes(iommu, info, pasid, pte, did, pgtt, v51)
+
+
+def tear_down_entry_held(
+    iommu: IntelIommu, info: DeviceDomainInfo, pasid: int, fault_ignore: bool = False
+) -> None:
+    """:func:`intel_pasid_tear_down_entry` with ``iommu->lock`` held by the caller, who has
+    asserted it (``lock_held=True``): the directory walk of ``intel_pasid_get_entry`` inlined
+    for a present leaf table (else the function itself, which may allocate one, as Linux)."""
+    v51 = iommu.quirks.v5_1_entry
+    mem = iommu.memory
+    qp = mem.qword_pages  # read-only hot-path view (a pfn missing from it: read64)
+    ptab = info.pasid_table
+    pte = 0
+    if type(pasid) is int and ptab is not None and 0 <= pasid < ptab.max_pasid:
+        slot = ptab.table + 8 * (pasid >> PASID_PDE_SHIFT)
+        q = qp.get(slot >> 12)
+        v = q[(slot & 0xFFF) >> 3] if q is not None else mem.read64(slot)
+        if v & _DIR_P:
+            pte = (v & _DIR_ADDR) + (pasid & PASID_PTE_MASK) * PASID_ENTRY_SIZE
+    if not pte:
+        pte = intel_pasid_get_entry(info, pasid)
+        if not pte:
+            return  # WARN_ON(!pte)
+    q = qp.get(pte >> 12)
+    if q is not None:  # the 64-byte entry never crosses a page: its qwords in place
+        i = (pte & 0xFFF) >> 3
+        w0, wd, wp = q[i], q[i + _DID_W], q[i + _PGTT_W]
+    else:
+        words = mem.read_qwords(pte, 8)
+        w0, wd, wp = words[0], words[_DID_W], words[_PGTT_W]
+    present = bool(w0 & _PE_P)
+    if not present and not v51:
+        return
+    did = wd >> _DID_SH & _DID_MAX  # pasid_get_domain_id
+    pgtt = wp >> _PGTT_SH & _PGTT_MAX  # pasid_pte_get_pgtt
+    # pasid_clear_entry(_with_fpd): qword 0 then 1..7, one slice, under iommu->lock; into a
+    # page already written (PhysicalMemory.written_pages) as the stored bytes themselves
+    buf = mem.written_pages.get(pte >> 12)
+    if buf is not None and not (fault_ignore and present):
+        off = pte & 0xFFF
+        buf[off : off + PASID_ENTRY_SIZE] = _ZERO_ENTRY
+    else:
+        mem.write_qwords(pte, (_PE_FPD if fault_ignore and present else 0, 0, 0, 0, 0, 0, 0, 0))
+    # _tear_down_flushes, inlined: Linux's order, each its own qi_submit_sync with its wait;
+    # clflush_cache_range(pte, PASID_ENTRY_SIZE) inlined (counted only)
+    if not iommu.coherent:
+        iommu.clflushes += 1
+    iommu.flush_pasid_cache(did, pasid, QI_PC_PASID_SEL)
+    if v51 or pgtt in (PGTT_PT, PGTT_FL_ONLY):
+        iommu.flush_piotlb(did, pasid)
+    else:
+        iommu.flush_iotlb_dsi(did)
+    if not iommu.caching_mode:
+        # devtlb_invalidation_with_pasid: whole address space, 64 - VTD_PAGE_SHIFT
+        iommu.flush_dev_iotlb(info, 0 if v51 else pasid, 0, 64 - 12)
+
+
+def _tear_down_flushes(
+    iommu: IntelIommu,
+    info: DeviceDomainInfo,
+    pasid: int,
+    pte: int,
+    did: int,
+    pgtt: int,
+    v51: bool,
+) -> None:
+    """The flushes of ``intel_pasid_tear_down_entry``, in Linux's order, each its own
+    ``qi_submit_sync`` with its wait descriptor: clflush, PASID-cache PASID-selective, IOTLB
+    (P_IOTLB or DSI), device TLB."""
     iommu.clflush_cache_range(pte, PASID_ENTRY_SIZE)
     iommu.flush_pasid_cache(did, pasid, QI_PC_PASID_SEL)
     if v51 or pgtt in (PGTT_PT, PGTT_FL_ONLY):
