@@ -4,6 +4,7 @@ general paths produce: ring bytes, PASID entries, cache contents, memory."""
 from __future__ import annotations
 
 import random
+from types import MappingProxyType
 from typing import Any
 
 import pytest
@@ -219,8 +220,8 @@ def test_iqt_fast_path_matches_tail_moved_on_random_sequences() -> None:
                     unit._tail_moved()  # type: ignore[attr-defined]
 
             for off in (DMAR_IQT_REG, DMAR_IQT_REG + 4):
-                ent = unit._wr32[off]
-                unit._wr32[off] = (*ent[:5], h)
+                ent = unit._wr32[off]  # the access maps are read-only views: replace
+                unit._wr32 = MappingProxyType({**unit._wr32, off: (*ent[:5], h)})
         trace = []
         for _ in range(400):
             r = rng.random()
@@ -426,8 +427,8 @@ def test_iqt_fast_path_follows_a_tail_moved_by_an_interrupt_handler() -> None:
                     unit._tail_moved()
 
             for off in (DMAR_IQT_REG, DMAR_IQT_REG + 4):
-                ent = unit._wr32[off]
-                unit._wr32[off] = (*ent[:5], h)
+                ent = unit._wr32[off]  # the access maps are read-only views: replace
+                unit._wr32 = MappingProxyType({**unit._wr32, off: (*ent[:5], h)})
         io.qi_submit_sync([io.desc_iotlb(2, 0, 0, 2 << 60)])  # head somewhere past 0
         head = unit.read32(IQH) >> 5
         status = io.qi_status

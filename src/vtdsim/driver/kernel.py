@@ -429,15 +429,5 @@ def _pasid_owners(alloc: PasidAllocator) -> dict[int, object]:
 
 
 def _dids_in_use(iommu: IntelIommu) -> tuple[int, ...]:
-    """Allocated, non-reserved DIDs (fast: a C-level scan of the bitmap)."""
-    ids = iommu.domain_ids
-    used = getattr(ids, "_used", None)
-    if not isinstance(used, bytearray):
-        return tuple(ids.in_use())
-    out: list[int] = []
-    pos = used.find(1)
-    while pos >= 0:
-        if pos not in ids.reserved:
-            out.append(pos)
-        pos = used.find(1, pos + 1)
-    return tuple(out)
+    """Allocated, non-reserved DIDs, ascending."""
+    return tuple(iommu.domain_ids.in_use())

@@ -49,8 +49,9 @@ from __future__ import annotations
 
 import importlib
 import struct
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Any, Protocol
 
 from vtdsim.errors import ArgumentError, MemoryAccessError, VtdsimError
@@ -256,15 +257,15 @@ _QiHandler = Callable[[int, int], "int | None"]
 _TYPE_NAMES = {int(t): t.name.lower() for t in D.DescType}
 
 
-_TABLES: dict[Capabilities, dict[int, R.Register]] = {}
+_TABLES: dict[Capabilities, Mapping[int, R.Register]] = {}
 
 
-def _register_table(caps: Capabilities) -> dict[int, R.Register]:
+def _register_table(caps: Capabilities) -> Mapping[int, R.Register]:
     """``R.register_table(caps)``, computed once per distinct ``caps`` (a pure function of the
-    frozen capabilities; the unit only reads it)."""
+    frozen capabilities; the unit only reads it, through a read-only view)."""
     table = _TABLES.get(caps)
     if table is None:
-        table = _TABLES[caps] = R.register_table(caps)
+        table = _TABLES[caps] = MappingProxyType(R.register_table(caps))
     return table
 
 
@@ -324,22 +325,22 @@ class RemappingUnit:
         }
         for i in range(self._nfr):
             handlers[R.fault_record_offset(i) + 8] = self._frcd_written
-        self._rd64: dict[int, int] = {}
-        self._rd32: dict[int, tuple[int, int, int]] = {}
-        self._wr64: dict[int, tuple[int, int, _Handler | None]] = {}
-        self._wr32: dict[int, tuple[int, int, int, int, int, _Handler | None]] = {}
+        rd64: dict[int, int] = {}
+        rd32: dict[int, tuple[int, int, int]] = {}
+        wr64: dict[int, tuple[int, int, _Handler | None]] = {}
+        wr32: dict[int, tuple[int, int, int, int, int, _Handler | None]] = {}
         for off, reg in self._table.items():
             h = handlers.get(off)
             rmask = ~reg.womask
             halves: tuple[int, ...] = (0,)
             if reg.width == 64:
-                self._rd64[off] = rmask & _Q
-                self._wr64[off] = (reg.wmask, reg.w1cmask, h)
+                rd64[off] = rmask & _Q
+                wr64[off] = (reg.wmask, reg.w1cmask, h)
                 halves = (0, 32)
             for sh in halves:
                 part = _D32 << sh
-                self._rd32[off + sh // 8] = (off, sh, (rmask >> sh) & _D32)
-                self._wr32[off + sh // 8] = (
+                rd32[off + sh // 8] = (off, sh, (rmask >> sh) & _D32)
+                wr32[off + sh // 8] = (
                     off,
                     sh,
                     reg.wmask & part,
@@ -347,6 +348,16 @@ class RemappingUnit:
                     part,
                     h,
                 )
+        # Read-only views: the access maps are fixed at construction (a pure function of the
+        # capabilities), and a read-only mapping says so to whoever copies the unit's state
+        # (the explorer's in-place snapshot skips them instead of putting ~480 entries back
+        # before every schedule).
+        self._rd64: Mapping[int, int] = MappingProxyType(rd64)
+        self._rd32: Mapping[int, tuple[int, int, int]] = MappingProxyType(rd32)
+        self._wr64: Mapping[int, tuple[int, int, _Handler | None]] = MappingProxyType(wr64)
+        self._wr32: Mapping[int, tuple[int, int, int, int, int, _Handler | None]] = (
+            MappingProxyType(wr32)
+        )
 
     def reset(self) -> None:
         """Power-on reset: every register to its reset value, queue and translation off."""
@@ -472,7 +483,7 @@ class RemappingUnit:
         if h is not None:
             h(old, value, _Q)
 
-    def _offset(self, op: str, offset: object, valid: dict[int, Any]) -> int:
+    def _offset(self, op: str, offset: object, valid: Mapping[int, Any]) -> int:
         """Slow path: accept int subclasses (IntEnum offsets), else raise ArgumentError."""
         if isinstance(offset, int) and not isinstance(offset, bool) and int(offset) in valid:
             return int(offset)
