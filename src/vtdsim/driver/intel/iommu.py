@@ -44,9 +44,11 @@ from vtdsim.driver.intel.dmar import (
     psi_aligned,
 )
 from vtdsim.driver.intel.domain_id import (
+    FLPT_DEFAULT_DID,
     IommuDomainInfo,
     domain_attach_iommu,
     domain_detach_iommu,
+    domain_id_iommu,
 )
 from vtdsim.driver.intel.ioasid import PasidAllocator
 from vtdsim.driver.intel.pgtable import DmaPageTable
@@ -190,6 +192,34 @@ class IntelIommuOps:
         old = prog.get(pasid)
         if old is not None:  # 5.1 overwrite: the entry no longer translates for ``old``
             old.programmed_at.pop((id(info), pasid), None)
+        prog[pasid] = domain
+        domain.programmed_at[(id(info), pasid)] = info
+
+    def pasid_replace(
+        self, info: DeviceDomainInfo, domain: DmarDomain, pasid: int, old: DmarDomain
+    ) -> None:
+        """Swap the present entry at ``pasid`` from ``old`` to ``domain`` in place
+        (``intel_pasid_replace_second_level`` / ``_pass_through``, flushed for the old DID)
+        and move the mirror record.  ``iommu->lock`` held; the new domain holds its DID."""
+        iommu = info.iommu
+        iommu.lock.assert_held()
+        old_did = (
+            FLPT_DEFAULT_DID if old.type is DomainType.IDENTITY else domain_id_iommu(old, iommu)
+        )
+        try:
+            _pasid.intel_pasid_replace_entry(
+                iommu,
+                info,
+                pasid,
+                None if domain.type is DomainType.IDENTITY else domain,
+                old_did,
+            )
+        except OutOfFrames as e:
+            raise _enomem(e) from e
+        prog = self.programmed.setdefault(id(info), {})
+        prev = prog.get(pasid)
+        if prev is not None:
+            prev.programmed_at.pop((id(info), pasid), None)
         prog[pasid] = domain
         domain.programmed_at[(id(info), pasid)] = info
 
@@ -438,8 +468,11 @@ class IntelIommuOps:
     ) -> None:
         """``intel_iommu_set_dev_pasid`` (and the blocked domain's, for ``domain=None``):
         ``-EOPNOTSUPP`` without PASID support; DID via ``domain_attach_iommu`` (``-ENOSPC``);
-        the entry setup fails with ``-EBUSY`` if present.  A replace takes the new DID first,
-        then swaps the entry, then drops the old DID, so a failure keeps the old domain."""
+        the entry setup fails with ``-EBUSY`` if present.  A replace (6.13+
+        ``domain_setup_second_level(..., old)``) takes the new DID first, then overwrites the
+        present entry in place (:meth:`pasid_replace`: never non-present, so DMA at ``pasid``
+        never faults during a replace), then drops the old DID; a failure leaves the entry and
+        the old domain as they were."""
         info = self.info(dev)
         iommu = info.iommu
         if domain is None:
@@ -459,14 +492,13 @@ class IntelIommuOps:
             return
         with self.device_domain_lock, iommu.lock:
             self._did_get(domain, iommu)
-            if old.type is not DomainType.BLOCKED:
-                self.pasid_teardown(info, pasid)
             try:
-                self.pasid_setup(info, domain, pasid)
+                if old.type is DomainType.BLOCKED:
+                    self.pasid_setup(info, domain, pasid)  # nothing present to replace
+                else:
+                    self.pasid_replace(info, domain, pasid, old)
             except BaseException:
-                self._did_put(domain, iommu)
-                if old.type is not DomainType.BLOCKED:
-                    self.pasid_setup(info, old, pasid)
+                self._did_put(domain, iommu)  # the entry is untouched: old stays
                 raise
             if old.type is not DomainType.BLOCKED:
                 self._did_put(old, iommu)

@@ -72,6 +72,7 @@ __all__ = [
     "intel_pasid_alloc_table",
     "intel_pasid_free_table",
     "intel_pasid_get_entry",
+    "intel_pasid_replace_entry",
     "intel_pasid_setup_first_level",
     "intel_pasid_setup_pass_through",
     "intel_pasid_setup_second_level",
@@ -574,6 +575,68 @@ def intel_pasid_setup_first_level(
     )
     words = (words[0], words[1], words[2] | _PE_NXE_Q2, *words[3:])
     _program(iommu, info, pasid, _pwsnp(iommu, words), did, overwrite, lock_held)
+
+
+def intel_pasid_replace_entry(
+    iommu: IntelIommu,
+    info: DeviceDomainInfo,
+    pasid: int,
+    domain: SecondLevelDomain | None,
+    old_did: int,
+) -> None:
+    """Linux ``intel_pasid_replace_second_level`` (``domain``) and
+    ``intel_pasid_replace_pass_through`` (``domain=None``), 6.13+ ("iommu/vt-d: Add pasid
+    replace helpers"), with ``iommu->lock`` held by the caller.
+
+    The new entry is composed as its setup composes it (same fields, same checks: ``-EINVAL``
+    without SLTS or PT support); then the entry must exist (``-ENODEV``) and be present
+    (``-EINVAL``: nothing to replace), and is overwritten in place (``*pte = new_pte``): it
+    never becomes non-present, so a DMA at ``pasid`` translates through the old domain or
+    the new one, never faults.  Then ``intel_pasid_flush_present(iommu, dev, pasid, old_did,
+    pte)``: clflush if not coherent, PASID-selective PASID-cache invalidation and a PASID
+    IOTLB invalidation of everything in the PASID, both for the *old* DID (VT-d 5.0 Table 28),
+    then the PASID-based device-TLB invalidation of the whole address space; each its own
+    ``qi_submit_sync`` with its wait.  (``intel_drain_pasid_prq``: no page requests here.)
+    Nothing is written when an error is raised."""
+    iommu.lock.assert_held()
+    if domain is not None:
+        if not iommu.slts:
+            raise IommuError(errno.EINVAL, f"No second level translation support on {iommu.name}")
+        pt = domain.pgtable
+        if pt is None or not pt.pgd:
+            raise IommuError(errno.EINVAL, "domain has no second-level page table")
+        agaw, pgd = iommu_skip_agaw(iommu, pt)
+        did = domain_id_iommu(domain, iommu)
+        dtype = getattr(domain.type, "value", domain.type)
+        pgsnp = int(dtype == "unmanaged" and iommu.sc and not iommu.quirks.v5_1_entry)
+        words = _sl_entry(agaw, pgd, did, pgsnp, _sre(iommu, pasid))
+    else:
+        if not iommu.ecap_bit("pt"):
+            raise IommuError(errno.EINVAL, f"No pass-through support on {iommu.name}")
+        sre = int(iommu.quirks.v5_1_entry or iommu.ecap_bit("srs"))
+        words = PASID_ENTRY.encode(P=1, AW=iommu.agaw, PGTT=PGTT_PT, DID=FLPT_DEFAULT_DID, SRE=sre)
+    words = _pwsnp(iommu, words)
+    pte = intel_pasid_get_entry(info, pasid)
+    if not pte:
+        raise IommuError(
+            errno.ENODEV, f"{info.name}: no PASID entry for {pasid:#x} (intel_pasid_get_entry)"
+        )
+    mem = iommu.memory
+    current = mem.read_qwords(pte, 8)
+    if not current[0] & _PE_P:
+        raise IommuError(errno.EINVAL, f"{info.name}: PASID {pasid:#x} entry is not present")
+    if current[_DID_W] >> _DID_SH & _DID_MAX != old_did:  # WARN_ON(old_did != ...)
+        raise IommuError(
+            errno.EINVAL,
+            f"{info.name}: PASID {pasid:#x} entry has DID "
+            f"{current[_DID_W] >> _DID_SH & _DID_MAX}, expected the old domain's {old_did}",
+        )
+    mem.write_qwords(pte, words)  # *pte = new_pte: present before, present after
+    # intel_pasid_flush_present
+    iommu.clflush_cache_range(pte, PASID_ENTRY_SIZE)
+    iommu.flush_pasid_cache(old_did, pasid, QI_PC_PASID_SEL)
+    iommu.flush_piotlb(old_did, pasid)
+    iommu.flush_dev_iotlb(info, pasid, 0, 64 - 12)  # devtlb_invalidation_with_pasid
 
 
 def intel_pasid_tear_down_entry(
