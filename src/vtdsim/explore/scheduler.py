@@ -469,21 +469,29 @@ class Execution:
         the choice among enabled threads, the step count and the trace.  Returns the thread
         to run, or None when the schedule ends (bug, prune, divergence, step budget)."""
         live = self._live
-        if len(live) == 1 and self._inline and not self.always_invariants:
-            # one thread left: every step is forced (no decision, no check to run)
-            t = live[0]
-            if t.kind is not ACQUIRE or t.obj.owner is None:
-                steps = self.steps + 1
-                self.steps = steps
-                if steps > self.step_budget:
-                    self._bug(
-                        "step-budget",
-                        "step-budget",
-                        f"schedule did not terminate within {self.step_budget} steps",
-                    )
-                    return None
-                self.trace.append((t.tid, t.kind, t.obj))
-                return t
+        # one thread left and nothing to check at every step: the step is forced (no choice)
+        t: _Thread | None = (
+            live[0] if len(live) == 1 and self._inline and not self.always_invariants else None
+        )
+        if t is None or (t.kind is ACQUIRE and t.obj.owner is not None):
+            t = self._choose(live, last)
+            if t is None:
+                return None
+        steps = self.steps + 1
+        self.steps = steps
+        if steps > self.step_budget:
+            self._bug(
+                "step-budget",
+                "step-budget",
+                f"schedule did not terminate within {self.step_budget} steps",
+            )
+            return None
+        self.trace.append((t.tid, t.kind, t.obj))
+        return t
+
+    def _choose(self, live: list[_Thread], last: int) -> _Thread | None:
+        """The thread to run next (checks at decisions, then the chooser's pick), or None
+        when the schedule ends here (deadlock, violation, prune, divergence)."""
         enabled = [t for t in live if t.kind is not ACQUIRE or t.obj.owner is None]
         if not enabled:
             self._bug(
@@ -531,16 +539,6 @@ class Execution:
                 if last_enabled and tid != last:
                     self.preemptions += 1
             t = self.threads[tid]
-        steps = self.steps + 1
-        self.steps = steps
-        if steps > self.step_budget:
-            self._bug(
-                "step-budget",
-                "step-budget",
-                f"schedule did not terminate within {self.step_budget} steps",
-            )
-            return None
-        self.trace.append((t.tid, t.kind, t.obj))
         return t
 
     def _check_step(self, invs: Sequence[Invariant]) -> bool:

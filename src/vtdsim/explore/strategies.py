@@ -238,7 +238,7 @@ class DfsChooser:
         # sleep-set signatures name objects by first appearance in this execution: computed
         # at every decision (replayed ones too) so that the numbering is the same in every
         # execution of a prefix
-        sigs = {t: ex.op_signature(t) for t in enabled} if por else {}
+        sigs = {t: ex.op_signature(t) for t in enabled} if por else None
         threads = ex.threads
         if i < self.depth:
             node = stack[i]
@@ -281,7 +281,8 @@ class DfsChooser:
             order = [t for t in order if t == last]
         if not order:
             return None
-        stack.append(_Node(order, 0, sleep, {}, sigs, (), ex.trace, len(ex.trace), pending))
+        node = _Node(order, 0, sleep, {}, sigs or {}, (), ex.trace, len(ex.trace), pending)
+        stack.append(node)
         return order[0]
 
 
