@@ -13,9 +13,10 @@ Design rationale
 ----------------
 A restore is bounded by finding what changed, not by putting it back.  The built-in driver world
 (3 devices, 2 units) holds ~800 mutable objects: 116 dicts (~1,400 entries), 22 lists, 8 sets,
-8 ``OrderedDict`` (the translator caches' sets), 14 slotted objects, two 64 KiB DID bitmaps and
-14 memory pages; a typical schedule of workload (a) changes ~40 of the dicts.  Each kind is
-handled in C-level batches, with no Python frame per object:
+8 ``OrderedDict`` (the translator caches' sets), 14 slotted objects and 14 memory pages (the DID
+allocators used to add two 64 KiB bitmaps, and the units ~480 register-map entries each; both
+are now small or read-only, see below); a typical schedule of workload (a) changes ~40 of the
+dicts.  Each kind is handled in C-level batches, with no Python frame per object:
 
 * **Big dicts** (at least :data:`_BIG_DICT` entries at snapshot time: 36 dicts, ~1,230 entries)
   are put back *without comparing*: ``dict ==`` costs a hash lookup per entry (~10 ns here),
@@ -48,11 +49,13 @@ handled in C-level batches, with no Python frame per object:
 Measured on that world (2 shared cores, Python 3.11, load 1.5-2.5; medians of 2,500 restores,
 old and new restorers interleaved in one process): after a schedule (detach, attach, 2 DMAs)
 78 -> 61 us, unchanged world 50 -> 31 us (~44 -> ~29 us in a process of its own); versus ~30 ms to
-rebuild the platform and boot the kernel.  ``explore_schedules_per_s`` 1,850 -> 2,000.  What is
-left is mostly memory traffic: comparing the two DID bitmaps and the pages reads ~370 KiB
-(5-8 us warm; ~17 us after a schedule, which evicted them from the caches, copies included),
-and putting back the big dicts takes ~11 us.  A restore below ~20 us needs dirty tracking in
-the model (pages, bitmaps) or fewer mutable tables, not a faster comparison.
+rebuild the platform and boot the kernel.  ``explore_schedules_per_s`` 1,850 -> 2,000.  What was
+left was mostly memory traffic: comparing the two DID bitmaps and the pages read ~370 KiB
+(5-8 us warm; ~17 us after a schedule, which evicted them from the caches, copies included).
+The model then shed that state instead: the DID allocator keeps the set of used ids and the
+lowest free one (``DomainIdAllocator``), and a unit's register access maps and register table
+are read-only views (``types.MappingProxyType``, which the snapshot does not record):
+~55 -> ~43 us after a schedule, ~29 -> ~17 us unchanged (load ~0.5).
 
 Limitations: containers that are compared (small dicts, lists, sets, slots) use ``==``, so a
 value replaced by an equal but distinct object, or a small dict whose entries only changed
@@ -298,7 +301,7 @@ class GraphSnapshot:
                 else:
                     o.clear()
                     o.update(s)
-        # one pass (a second one would compare 64 KiB bitmaps again)
+        # one pass (a second one would compare large buffers again)
         for b, s in zip(self._ba_live, self._ba_saved, strict=True):
             try:
                 same = b == s
