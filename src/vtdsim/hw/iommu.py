@@ -307,6 +307,16 @@ class RemappingUnit:
         self._nfr = caps.fault_records
         self._translator: Any = None
         self.translate = self._translate_first
+        # source-id -> function, for device-TLB descriptors (filled by _device; emptied by
+        # _configure_qi), held only through a read-only view (as the register maps) and the
+        # dict's own C methods, which a world snapshot does not look into: a restored world
+        # keeps the functions found since (a platform never loses one: the same answers)
+        # instead of looking them up again in every schedule.
+        cache: dict[int, Any] = {}
+        self._qi_devices: Mapping[int, Any] = MappingProxyType(cache)
+        self._qi_device: Callable[[int], Any] = cache.get  # the hot lookups
+        self._qi_device_add: Callable[[int, Any], None] = cache.__setitem__
+        self._qi_devices_clear: Callable[[], None] = cache.clear
         self._build_access_maps()
         self.reset()
 
@@ -361,6 +371,9 @@ class RemappingUnit:
 
     def reset(self) -> None:
         """Power-on reset: every register to its reset value, queue and translation off."""
+        # a reset from inside a queue run (an interrupt callback) unbinds the translator, as
+        # before the binding below: its handlers skip the invalidations until the next run
+        in_run = bool(self.__dict__.get("_running"))
         self._regs: dict[int, int] = {off: reg.reset for off, reg in self._table.items()}
         self.root_table_address = 0
         self.ttm = 0
@@ -386,8 +399,14 @@ class RemappingUnit:
         self._reg_invals = 0
         self._wbf = 0
         self._srtp = 0
-        self._qi_tr: Any = None
-        self._qi_tr_psi: Callable[[int, int, int, bool], object] | None = None
+        # The translator the queue's handlers invalidate, bound now (as _run_queue would bind
+        # it on the next submission): a restored world's first submission takes the fast
+        # paths of _iqt_written instead of the _run_queue detour.
+        tr = None if in_run else self._translator
+        self._qi_tr: Any = tr
+        self._qi_tr_psi: Callable[[int, int, int, bool], object] | None = getattr(
+            tr, "invalidate_iotlb_page", None
+        )
         self._configure_qi()
         tr = self._translator
         if tr is not None:
@@ -422,6 +441,14 @@ class RemappingUnit:
         self._translator = tr
         # Bind directly: unit.translate(...) costs one call, not two.
         self.translate = tr.translate if tr is not None else self._translate_first
+        # ... and bind the queue's handlers to it now, as _run_queue would at the next
+        # submission (handlers read _qi_tr only while the queue runs; _iqt_written's fast
+        # paths need _translator is _qi_tr): the world snapshot, which builds the translator,
+        # then holds it bound, and no restored schedule pays for the _run_queue detour.
+        # Not while the queue runs (a handler replacing the translator): _run_queue rebinds.
+        if not self._running:
+            self._qi_tr = tr
+            self._qi_tr_psi = getattr(tr, "invalidate_iotlb_page", None)
 
     def _translate_first(self, *args: Any, **kwargs: Any) -> Any:
         tr = self.translator
@@ -795,8 +822,8 @@ class RemappingUnit:
         #: the largest AM a page-selective IOTLB descriptor may carry (-1: no CAP.PSI)
         self._qi_mamv = caps.mamv if caps.psi else -1
         self._qi_valid = [not getattr(h, "_invalid", False) for h in table]
-        #: source-id -> function, for device-TLB descriptors (filled by _device)
-        self._qi_devices: dict[int, Any] = {}
+        # source-id -> function, for device-TLB descriptors (filled by _device): emptied
+        self._qi_devices_clear()
 
     def _iqt_written(self, old: int, v: int, part: int) -> None:
         # Writing the reserved upper dword alone moves nothing; with QI disabled the value is
@@ -1120,7 +1147,7 @@ class RemappingUnit:
         return None
 
     def _device(self, sid: int) -> Any:
-        dev = self._qi_devices.get(sid)  # functions found before (a platform never loses one)
+        dev = self._qi_device(sid)  # functions found before (a platform never loses one)
         if dev is not None:
             return dev
         p = self.platform
@@ -1131,14 +1158,14 @@ class RemappingUnit:
         except (LookupError, VtdsimError):
             return None  # no such function behind this unit: nothing caches its translations
         if dev is not None:
-            self._qi_devices[sid] = dev
+            self._qi_device_add(sid, dev)
         return dev
 
     def _qi_devtlb(self, lo: int, hi: int) -> int | None:
         if lo & _RSVD_DEVTLB[0] or hi & _RSVD_DEVTLB[1]:
             return _IQEI_RSVD
         sid = (lo >> _DEV_SID_SH) & 0xFFFF
-        dev = self._qi_devices.get(sid)  # _device's cache, looked up inline
+        dev = self._qi_device(sid)  # _device's cache, looked up inline
         if dev is None:
             dev = self._device(sid)
         if dev is not None:
@@ -1209,7 +1236,7 @@ class RemappingUnit:
         if lo & _RSVD_PDEVTLB[0] or hi & _RSVD_PDEVTLB[1]:
             return _IQEI_RSVD
         sid = (lo >> _PDEV_SID_SH) & 0xFFFF
-        dev = self._qi_devices.get(sid)  # _device's cache, looked up inline
+        dev = self._qi_device(sid)  # _device's cache, looked up inline
         if dev is None:
             dev = self._device(sid)
         if dev is not None:

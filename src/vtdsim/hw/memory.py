@@ -189,6 +189,11 @@ class PhysicalMemory:
         buf = self._pages.get(pfn)
         if buf is not None:
             return self._q[pfn]
+        if self._image_mv is None:  # no image: a page never written is zeros (as below)
+            buf = bytearray(PAGE_SIZE)
+            self._pages[pfn] = buf
+            q = self._q[pfn] = memoryview(buf).cast("Q")
+            return q
         src = self._q.get(pfn) or self._image_q(pfn)
         return self._install(
             pfn, bytearray(src.cast("B")) if src is not None else bytearray(PAGE_SIZE)
@@ -219,6 +224,8 @@ class PhysicalMemory:
                 # Hot path: a materialised page (written or image) lies inside memory, and
                 # no negative page number is ever materialised.
                 return q[(addr & _PAGE_MASK) >> 3]
+            if self._image_mv is None and addr >= 0 and addr + 8 <= self.size:
+                return 0  # a page never written, and no image: reads as zero (as below)
         if addr & 7 or addr < 0 or addr + 8 > self.size:
             self._check(addr, 8)
             return int.from_bytes(self.read(addr, 8), "little")
@@ -308,6 +315,20 @@ class PhysicalMemory:
         self._check(addr, 8 * len(values))
         for k, v in enumerate(values):
             self.write64(addr + 8 * k, v)
+
+    def page_for_store(self, addr: int) -> bytearray:
+        """The bytes of the page holding ``addr`` (inside memory, checked), materialised as
+        the first :meth:`write64` / :meth:`write_qwords` into it would (a copy of its image
+        page, else zeros): a caller that stores valid little-endian values into them does what
+        those methods do.  The page is then in :attr:`written_pages`."""
+        if type(addr) is not int or addr < 0 or addr >= self.size:
+            self._check(addr, 1)
+        pfn = addr >> PAGE_SHIFT
+        buf = self._pages.get(pfn)
+        if buf is None:
+            self._writable(pfn)
+            buf = self._pages[pfn]
+        return buf
 
     def read32(self, addr: int) -> int:
         return int.from_bytes(self.read(addr, 4), "little")
@@ -496,7 +517,19 @@ class FrameAllocator:
             for skipped in range(self._next, addr, PAGE_SIZE):
                 self._free.setdefault(0, []).append(skipped)
             self._next = addr + size
-        self.memory.zero_pages(addr, 1 << order)
+        mem = self.memory
+        if order:
+            mem.zero_pages(addr, 1 << order)
+        else:
+            # zero_pages(addr, 1) inlined for one frame (inside memory: the range was checked
+            # at construction): a written page is zeroed, an image page materialised as
+            # zeros, a page never written already reads as zero
+            pfn = addr >> PAGE_SHIFT
+            buf = mem.written_pages.get(pfn)
+            if buf is not None:
+                buf[:] = _ZERO_PAGE
+            elif mem._image is not None and pfn < mem._image_pages:
+                mem._install(pfn, bytearray(PAGE_SIZE))
         self.live[addr] = (order, tag)
         self._allocs += 1
         return addr

@@ -40,8 +40,9 @@ from __future__ import annotations
 
 import errno
 import struct
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import TYPE_CHECKING, Protocol
 
 from vtdsim.driver import sync
@@ -387,6 +388,12 @@ _DSI_G = (DMA_TLB_DSI_FLUSH >> _IIRG) << _G
 _PDEV_ALL_QW1 = (((1 << (MAX_AGAW_PFN_WIDTH + VTD_PAGE_SHIFT)) - 1) & VTD_PAGE_MASK) & ~(
     1 << (VTD_PAGE_SHIFT + MAX_AGAW_PFN_WIDTH - 1)
 ) | _PDEV_S
+#: (sid, pfsid, pasid, qdep, QUIRKS.pfsid_macro_bug) -> qword 0 of the whole-address-space
+#: PASID device-TLB descriptor (flush_dev_iotlb, the teardown's flush), shared by every unit:
+#: the value depends on nothing else (desc_dev_iotlb_pasid), and a module-level table is not
+#: part of a world snapshot, so a restored world still finds it filled.  Bounded: cleared when
+#: full.
+_PDEVTLB_ALL_QW0: dict[tuple[int, int, int, int, bool], int] = {}
 
 
 def _qi_dev_iotlb_pfsid(pfsid: int, bug: bool) -> int:
@@ -526,14 +533,18 @@ class IntelIommu:
         self._psi_qw0: dict[int, int] = {}
         #: (bus, devfn, pfsid, qdep) -> qword 0 of its device-TLB descriptor (_flush_iotlb_psi)
         self._devtlb_qw0: dict[tuple[int, int, int, int], int] = {}
-        #: (sid, pfsid, pasid, qdep) -> qword 0 of its whole-address-space PASID device-TLB
-        #: descriptor (flush_dev_iotlb, the teardown's flush); bounded, cleared when full
-        self._pdevtlb_all_qw0: dict[tuple[int, int, int, int], int] = {}
+        #: read-only view of _PDEVTLB_ALL_QW0 (flush_dev_iotlb's descriptor cache; a view,
+        #: which world snapshots do not record)
+        self._pdevtlb_all_qw0: Mapping[tuple[int, int, int, int, bool], int] = MappingProxyType(
+            _PDEVTLB_ALL_QW0
+        )
         self._mamv = cap_max_amask_val(self.cap)
         #: ``cap_rwbf``: write-buffer flushing required (iommu_flush_write_buffer, map path)
         self.rwbf = cap_rwbf(self.cap)
-        #: ``prepare_domain_attach_device``'s address width (set on first use)
-        self.addr_width: int | None = None
+        #: ``prepare_domain_attach_device``'s address width: the AGAW width, at most CAP.MGAW
+        #: (Linux ``alloc_iommu`` fixes both), computed here as ``_agaw_width`` would on first
+        #: use, so that a unit's first attach takes the aux path's inline width check
+        self.addr_width: int | None = min(agaw_to_width(self.agaw), cap_mgaw(self.cap))
         #: ECAP tests of the PASID-entry setup paths (``ecap_slts``, ``ecap_sc_support``,
         #: ``ecap_srs``, ``ecap_smpwc``), decoded once
         self.slts = ecap_slts(self.ecap)
@@ -1136,13 +1147,13 @@ class IntelIommu:
             # (devtlb_invalidation_with_pasid): desc_dev_iotlb_pasid(sid, pfsid, pasid, qdep,
             # 0, 52), with qword 0 computed once per (sid, pfsid, pasid, qdep) and qword 1
             # constant (tests/test_perf_aux_path.py pins both to the encoder).
-            key = (sid, info.pfsid, pasid, info.ats_qdep)
-            qw0 = self._pdevtlb_all_qw0.get(key)
+            key = (sid, info.pfsid, pasid, info.ats_qdep, self.quirks.pfsid_macro_bug)
+            qw0 = _PDEVTLB_ALL_QW0.get(key)
             if qw0 is None:
                 qw0 = self.desc_dev_iotlb_pasid(sid, info.pfsid, pasid, info.ats_qdep, 0, mask)[0]
-                if len(self._pdevtlb_all_qw0) >= 4096:
-                    self._pdevtlb_all_qw0.clear()
-                self._pdevtlb_all_qw0[key] = qw0
+                if len(_PDEVTLB_ALL_QW0) >= 4096:
+                    _PDEVTLB_ALL_QW0.clear()
+                _PDEVTLB_ALL_QW0[key] = qw0
             desc = (qw0, _PDEV_ALL_QW1, 0, 0)
         else:
             desc = self.desc_dev_iotlb_pasid(sid, info.pfsid, pasid, info.ats_qdep, addr, mask)

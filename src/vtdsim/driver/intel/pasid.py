@@ -379,9 +379,10 @@ def setup_second_level_held(
     ``overwrite``): the same checks in the same order, the same entry (cached with its PWSNP
     already applied), the same writes (qwords 1..7, then qword 0) and the same
     ``pasid_flush_caches``, with ``iommu_skip_agaw``, ``domain_id_iommu``, ``_sre``,
-    ``_pwsnp``, ``_program``, the directory walk of ``intel_pasid_get_entry`` (present leaf)
-    and ``pasid_flush_caches`` inlined.  tests/test_perf_aux_path.py pins it to the general
-    function."""
+    ``_pwsnp``, ``_program``, the directory walk of ``intel_pasid_get_entry`` (a present
+    leaf, or the leaf's allocation on first use of its directory slot) and
+    ``pasid_flush_caches`` inlined.  tests/test_perf_aux_path.py and
+    tests/test_perf_driver_first_attach.py pin it to the general function."""
     if not iommu.slts:
         raise IommuError(errno.EINVAL, f"No second level translation support on {iommu.name}")
     pt = domain.pgtable
@@ -429,9 +430,37 @@ def setup_second_level_held(
         v = q[(slot & 0xFFF) >> 3] if q is not None else mem.read64(slot)
         if v & _DIR_P:  # intel_pasid_get_entry, leaf table present: nothing to allocate
             pte = (v & _DIR_ADDR) + (pasid & PASID_PTE_MASK) * PASID_ENTRY_SIZE
-    if not pte:
-        pte = intel_pasid_get_entry(info, pasid)
-        if not pte:
+        else:
+            # intel_pasid_get_entry's first use of the directory slot, inlined: the same sync
+            # operations, allocation, re-read (Linux's cmpxchg64 of the slot), directory entry
+            # and clflush_cache_range counts (leaf, then slot), in the same order
+            # (the device's unit allocates and flushes, as in intel_pasid_get_entry)
+            owner = info.iommu
+            if sync._backend is not None:  # sync.point, no call without a backend
+                sync.point("alloc:pasid-table")
+            try:
+                leaf = owner.frames.alloc(0, "pasid-table")
+            except OutOfFrames:
+                leaf = -1  # intel_pasid_get_entry returns NULL: -ENODEV below
+            if leaf >= 0:
+                q = qp.get(slot >> 12)
+                v = q[(slot & 0xFFF) >> 3] if q is not None else mem.read64(slot)
+                if v & _DIR_P:
+                    owner.frames.free(leaf)
+                else:
+                    if sync._backend is not None:  # sync.shared_write, no call without one
+                        sync.shared_write("pasid-dir", slot)
+                    v = leaf | _DIR_P
+                    mem.write64(slot, v)
+                    if not owner.coherent:  # clflush_cache_range(leaf) and (slot)
+                        owner.clflushes += 2
+                pte = (v & _DIR_ADDR) + (pasid & PASID_PTE_MASK) * PASID_ENTRY_SIZE
+            else:
+                pte = -1
+    if pte <= 0:
+        if not pte:  # the general walk (argument checks, no table, beyond max_pasid)
+            pte = intel_pasid_get_entry(info, pasid)
+        if pte <= 0:
             raise IommuError(
                 errno.ENODEV, f"{info.name}: no PASID entry for {pasid:#x} (intel_pasid_get_entry)"
             )
@@ -440,8 +469,12 @@ def setup_second_level_held(
     if present and not overwrite:
         raise IommuError(errno.EBUSY, f"{info.name}: PASID {pasid:#x} entry already present")
     # _write_entry: pasid_clear_entry first when present, qwords 1..7, then P last; into a
-    # page already written (PhysicalMemory.written_pages) as the stored bytes themselves
+    # page already written (PhysicalMemory.written_pages) as the stored bytes themselves; a
+    # page not yet written (a fresh leaf table) materialised as the first of those writes
+    # would (PhysicalMemory.page_for_store), if it lies inside memory
     buf = mem.written_pages.get(pte >> 12)
+    if buf is None and pte + PASID_ENTRY_SIZE <= mem.size:
+        buf = mem.page_for_store(pte)
     if buf is not None:  # the 64-byte entry never crosses a page
         off = pte & 0xFFF
         if present:
