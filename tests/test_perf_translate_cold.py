@@ -726,3 +726,184 @@ def test_driver_dmas_match_the_general_path_and_the_old_device_tlb(seed: int) ->
                     res.append(_dma(dev.dma_read(iova, rng.choice((8, 0x1800)), pasid=p)))
         assert res[0] == res[1], (step, r)
         assert _kernel_state(ks[0]) == _kernel_state(ks[1]), step
+
+
+# --- the replay memo of requests to a unit whose caches are all empty --------------------------
+
+
+def _replay_op(rng: random.Random, w: World, requests: list[tuple[Any, ...]]) -> tuple[Any, ...]:
+    """Mostly a request from a small fixed set with every cache emptied first (so that the
+    replay memo is consulted, and hit), sometimes with warm caches, an entry rewritten
+    (often back to what it was) or an invalidation."""
+    r = rng.random()
+    if r < 0.7:
+        sid, addr, pasid, write, execute, priv = rng.choice(requests)
+        return ("tr", sid, addr, pasid, write, execute, priv, rng.random() < 0.85)
+    if r < 0.9:
+        a = rng.choice(w.pokes[rng.choice(sorted(k for k, v in w.pokes.items() if v))])
+        how = rng.random()
+        if how < 0.6:
+            v = w.original[a]
+        elif how < 0.7:
+            v = 0
+        else:
+            v = w.original[a] ^ (1 << rng.choice((0, 1, 2, 7, 9, 11, 46, 51, 52, 62, 63)))
+        return ("poke", a, v)
+    if r < 0.95:
+        return ("unit", rng.choice(("ttm0", "ttm2", "tes-off")), _op(rng, w))
+    kind = rng.choice(_INVALIDATIONS)
+    return ("inv", kind, rng.choice((2, 3, 4)), rng.choice(SIDS), rng.choice(PASIDS), rng)
+
+
+def _run_replay_triple(seed: int, config: str, steps: int) -> list[int]:
+    """Three identical worlds: the cold path with its replay memo, the cold path without it
+    (``_build_cold(replay=False)``) and the general path; the same operations give the same
+    results, cache contents and order, counters, fast-dict entries, recorded faults
+    and memory in all three.  Returns [requests the memo replayed, requests
+    recorded]."""
+    import vtdsim.hw.translate as T
+
+    caps = CONFIGS[config]
+    ws = [World(seed, caps) for _ in range(3)]
+    assert ws[0].t.tr._cold is not None
+    ws[1].t.tr._cold = ws[1].t.tr._build_cold(replay=False)
+    ws[2].t.tr._cold = None
+    pick = random.Random(seed ^ 0x5A5A)
+    requests = [
+        (
+            pick.choice(SIDS),
+            pick.choice(IOVAS) + pick.choice((0, 0x10, 0xFF8)),
+            pick.choice((None, *PASIDS)),
+            pick.random() < 0.3,
+            False,
+            pick.random() < 0.2,
+        )
+        for _ in range(6)
+    ]
+    logs = [0]
+    real_log = T._ReadLog
+
+    def counting_log(*a: Any) -> Any:
+        logs[0] += 1
+        return real_log(*a)
+
+    replays = getattr(ws[0].t.tr._cold, "replays")  # noqa: B009
+    T._ReadLog = counting_log  # type: ignore[misc]
+    try:
+        rngs = [random.Random(seed + 7) for _ in ws]
+        for i in range(steps):
+            ops = [_replay_op(rng, w, requests) for rng, w in zip(rngs, ws, strict=True)]
+            res = [_apply(op, w) for op, w in zip(ops, ws, strict=True)]
+            assert res[0] == res[1] == res[2], (i, ops[0])
+            states = [_tr_state(w.t.tr) for w in ws]
+            assert states[0] == states[1] == states[2], (i, ops[0])
+            faults = [[_obj(f) for f in w.t.unit.faults] for w in ws]
+            assert faults[0] == faults[1] == faults[2], i
+        mems = [_memory(w.t.mem) for w in ws]
+        assert mems[0] == mems[1] == mems[2]
+    finally:
+        T._ReadLog = real_log  # type: ignore[misc]
+    return [replays[0], logs[0]]
+
+
+@DIFF
+@given(seed=st.integers(0, 2**31), config=st.sampled_from(sorted(CONFIGS)))
+def test_replay_memo_matches_the_cold_path_and_the_general_path(seed: int, config: str) -> None:
+    """Repeated requests to a unit with empty caches, with table entries rewritten between
+    them: replayed, recorded and general answers, side effects and fault records agree."""
+    _run_replay_triple(seed, config, 150)
+
+
+def test_replay_memo_is_exercised() -> None:
+    """Fixed seeds: the memo really replays requests (no read log) and records others."""
+    total = [0, 0]
+    for seed in range(5):
+        got = _run_replay_triple(seed, "default", 250)
+        total = [a + b for a, b in zip(total, got, strict=True)]
+    assert total[0] >= 100 and total[1] >= 50, total
+
+
+def test_replay_memo_with_tiny_memos(monkeypatch: pytest.MonkeyPatch) -> None:
+    """A replay memo that overflows (and is emptied) all the time changes nothing."""
+    import vtdsim.hw.translate as T
+
+    monkeypatch.setattr(T, "_MEMO_MAX", 2)
+    for seed in (21, 22):
+        _run_replay_triple(seed, "default", 200)
+
+
+def test_replay_memo_follows_rewritten_entries(monkeypatch: pytest.MonkeyPatch) -> None:
+    """One request replayed from an empty unit, then each entry it read rewritten in turn
+    (context, PASID directory and table entry, every second-level level, the leaf): the
+    next request reads the entry anew -- and reports what the general path reports."""
+    import vtdsim.hw.translate as T
+    from hw_tables import sm_sl_setup
+
+    monkeypatch.setattr(T, "_RECORDS_PER_REQUEST", 1000)  # re-recorded after every rewrite
+
+    seen: list[list[Any]] = []
+    for replay in (True, False):
+        t, pdir, sl = sm_sl_setup(pasid=1, did=5)
+        if not replay:
+            t.tr._cold = None
+        t.sl_map(sl, 0x10000, 0x80_0000)
+        pea = t.pasid_entry_addr(pdir, 1)
+        # every qword a walk of 0x10000 reads, in walk order
+        addrs = [t.ctx_sm_addr(0x0010), t.ctx_sm_addr(0x0010) + 8, pdir, pea, pea + 8, pea + 16]
+        table = sl
+        for level in (4, 3, 2, 1):
+            ea = table + 8 * ((0x10000 >> (12 + 9 * (level - 1))) & 511)
+            addrs.append(ea)
+            table = t.mem.read64(ea) & 0x000F_FFFF_FFFF_F000
+        out = []
+        for a in addrs:
+            old = t.mem.read64(a)
+            for value in (old, old ^ 1, old ^ 2, old, 0, old):
+                t.mem.write64(a, value)
+                t.tr.invalidate_all()
+                r = t.unit.translate(0x0010, 0x10000, pasid=1, write=True)
+                out.append((a, value, _result(r), _tr_state(t.tr)))
+        out.append([_obj(f) for f in t.unit.faults])
+        seen.append(out)
+        if replay:
+            assert getattr(t.tr._cold, "replays")[0] >= 8  # noqa: B009
+    assert seen[0] == seen[1]
+
+
+def test_replay_memo_records_a_changing_request_a_few_times_only(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A request to an empty unit whose leaf entry changes every time is recorded
+    ``_RECORDS_PER_REQUEST`` times and then walked as before (same answers as the general
+    path); one whose entries do not change is recorded once and then replayed."""
+    import vtdsim.hw.translate as T
+    from hw_tables import sm_sl_setup
+
+    logs = [0]
+    real_log = T._ReadLog
+
+    def counting_log(*a: Any) -> Any:
+        logs[0] += 1
+        return real_log(*a)
+
+    monkeypatch.setattr(T, "_ReadLog", counting_log)
+    seen: list[list[Any]] = []
+    for replay in (True, False):
+        logs[0] = 0
+        t, _pdir, sl = sm_sl_setup(pasid=1, did=5)
+        if not replay:
+            t.tr._cold = None
+        leaf = t.sl_map(sl, 0x10000, 0x80_0000)
+        t.sl_map(sl, 0x20000, 0x90_0000)
+        out = []
+        for k in range(12):
+            t.mem.write64(leaf, (0x80_0000 + (k << 12)) | 3)
+            for addr in (0x10000, 0x20000):
+                t.tr.invalidate_all()
+                r = t.unit.translate(0x0010, addr, pasid=1)
+                out.append((_result(r), _tr_state(t.tr)))
+        seen.append(out)
+        if replay:
+            assert logs[0] == T._RECORDS_PER_REQUEST + 1
+            assert getattr(t.tr._cold, "replays")[0] == 11  # noqa: B009
+    assert seen[0] == seen[1]

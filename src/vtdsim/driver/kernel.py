@@ -197,67 +197,91 @@ class Kernel(IommuCore):
         ops = self.ops
         owners = _pasid_owners(ops.pasid_allocator)
         live = self._domains
-        # 1. programmed PASID entries vs attachments
+        identity, blocked = DomainType.IDENTITY, DomainType.BLOCKED
+        infos, programmed = ops.infos, ops.programmed
+        no_entries: dict[int, DmarDomain] = {}
+        # 1. programmed PASID entries vs attachments.  The (device, domain) -> count map of
+        # the aux attachments is built device by device as the loop reaches each device (a
+        # device's checks only look up its own pairs); sections 3 and 6 use all of it.
         aux_pairs: dict[tuple[int, DmarDomain], int] = {}
-        for st in self._devices.values():
-            for d, n in st.aux.items():
-                assert isinstance(d, DmarDomain)
-                aux_pairs[(id(st.dev), d)] = n
         refs: dict[tuple[int, DmarDomain], int] = {}
-        busy = self.in_flight
+        # IommuCore.in_flight(x), without a call per question
+        inflight = self._inflight
         for st in self._devices.values():
-            info = ops.infos[id(st.dev)]
-            prog = ops.programmed.get(id(info), {})
+            dev_id = id(st.dev)
+            st_aux = st.aux
+            for d, n in st_aux.items():
+                assert isinstance(d, DmarDomain)
+                aux_pairs[(dev_id, d)] = n
+            info = infos[dev_id]
+            prog = programmed.get(id(info), no_entries)
+            if not prog and not st_aux and not st.pasid_array and st.domain is None:
+                continue  # nothing programmed and nothing attached: nothing to compare
             name = st.name
             # an attach/detach of this device (or of the domain) is between the driver's
             # update and the core's bookkeeping: skip the core-vs-driver comparisons
-            st_busy = busy(st)
-            for pasid, dom in prog.items():
-                rk = (info.iommu.seq_id, dom)
-                refs[rk] = refs.get(rk, 0) + 1
-                where = f"PASID {pasid:#x} of {name}"
-                if dom.freed or dom not in live:
-                    out.append(f"{where} points to freed {dom!r}")
-                if dom.type is DomainType.IDENTITY:
-                    pass  # pass-through entries use FLPT_DEFAULT_DID, no reference
-                elif info.iommu.seq_id not in dom.iommu_array:
-                    out.append(f"{where}: {dom!r} holds no DID on {info.iommu.name}")
-                if pasid == 0:
-                    if st.domain is not dom and not st_busy:
-                        out.append(f"{where} (RID) points to {dom!r}, RID domain is {st.domain!r}")
-                    continue
-                if st.pasid_array.get(pasid) is dom:
-                    continue
-                if (id(st.dev), dom) not in aux_pairs:
-                    if not (st_busy or busy(dom)):
-                        out.append(f"{where} points to {dom!r}, which is not attached there")
-                    continue
-                if dom.default_pasid != pasid:
-                    out.append(
-                        f"{where} is an aux entry of {dom!r}, whose default PASID is "
-                        f"{dom.default_pasid}"
-                    )
-                owner = owners.get(pasid)
-                if owner is None:
-                    out.append(
-                        f"{where} is programmed for {dom!r} but the allocator holds it as free"
-                    )
-                elif owner is not dom:
-                    out.append(f"{where} is programmed for {dom!r} but allocated to {owner!r}")
+            st_busy = id(st) in inflight
+            if prog:
+                iommu = info.iommu
+                seq = iommu.seq_id
+                pasid_array = st.pasid_array
+                for pasid, dom in prog.items():
+                    rk = (seq, dom)
+                    refs[rk] = refs.get(rk, 0) + 1
+                    if dom.freed or dom not in live:
+                        out.append(f"PASID {pasid:#x} of {name} points to freed {dom!r}")
+                    if dom.type is identity:
+                        pass  # pass-through entries use FLPT_DEFAULT_DID, no reference
+                    elif seq not in dom.iommu_array:
+                        out.append(
+                            f"PASID {pasid:#x} of {name}: {dom!r} holds no DID on {iommu.name}"
+                        )
+                    if pasid == 0:
+                        if st.domain is not dom and not st_busy:
+                            out.append(
+                                f"PASID {pasid:#x} of {name} (RID) points to {dom!r}, RID "
+                                f"domain is {st.domain!r}"
+                            )
+                        continue
+                    if pasid_array.get(pasid) is dom:
+                        continue
+                    if (dev_id, dom) not in aux_pairs:
+                        if not (st_busy or id(dom) in inflight):
+                            out.append(
+                                f"PASID {pasid:#x} of {name} points to {dom!r}, which is not "
+                                "attached there"
+                            )
+                        continue
+                    if dom.default_pasid != pasid:
+                        out.append(
+                            f"PASID {pasid:#x} of {name} is an aux entry of {dom!r}, whose "
+                            f"default PASID is {dom.default_pasid}"
+                        )
+                    owner = owners.get(pasid)
+                    if owner is None:
+                        out.append(
+                            f"PASID {pasid:#x} of {name} is programmed for {dom!r} but the "
+                            "allocator holds it as free"
+                        )
+                    elif owner is not dom:
+                        out.append(
+                            f"PASID {pasid:#x} of {name} is programmed for {dom!r} but "
+                            f"allocated to {owner!r}"
+                        )
             # 2. core attachments must be programmed
             if st_busy:
                 continue
             rid = st.domain
-            if rid is not None and rid.type is not DomainType.BLOCKED and prog.get(0) is not rid:
+            if rid is not None and rid.type is not blocked and prog.get(0) is not rid:
                 out.append(f"RID of {name}: {rid!r} attached but PASID 0 entry is {prog.get(0)!r}")
             for p, d in st.pasid_array.items():
-                if d.type is not DomainType.BLOCKED and prog.get(p) is not d and not busy(d):
+                if d.type is not blocked and prog.get(p) is not d and id(d) not in inflight:
                     out.append(
                         f"PASID {p:#x} of {name}: {d!r} attached but entry is {prog.get(p)!r}"
                     )
-            for d in st.aux:
+            for d in st_aux:
                 assert isinstance(d, DmarDomain)
-                if busy(d):
+                if id(d) in inflight:
                     continue
                 if d.default_pasid == 0:
                     out.append(f"aux attachment of {d!r} to {name} uses PASID 0")
@@ -269,37 +293,47 @@ class Kernel(IommuCore):
         # 3. attachment counts
         # (plain dicts, not Counters: the audit runs at every quiescent decision of a search)
         per_domain: dict[DmarDomain, int] = {}
-        v5 = ops.aux_variant == "v5"
-        for (_dev, d), n in aux_pairs.items():
-            per_domain[d] = per_domain.get(d, 0) + (n if v5 else 1)
+        variant = ops.aux_variant
+        corrected = variant == "corrected"
+        if variant == "v5":
+            for (_dev, d), n in aux_pairs.items():
+                per_domain[d] = per_domain.get(d, 0) + n
+        else:
+            for _dev, d in aux_pairs:
+                per_domain[d] = per_domain.get(d, 0) + 1
         records: dict[DmarDomain, int] = {}
         aux = ops.aux
-        if ops.aux_variant == "corrected":
+        if corrected:
             assert isinstance(aux, CorrectedAux)
             for d, info, _p, users in aux.attachments():
                 records[d] = records.get(d, 0) + 1
                 core_n = aux_pairs.get((id(info.dev), d), 0)
-                if users != core_n and not busy(d):
+                if users != core_n and id(d) not in inflight:
                     out.append(f"{d!r} on {info.dev.bdf}: {users} users, core has {core_n}")
         held_pasids: dict[int, DmarDomain] = {}
         dids_held: dict[int, list[int]] = {}  # unit seq_id -> the DIDs live domains hold there
+        frames_live = self.frames.live
         for d in live:
             if not isinstance(d, DmarDomain):
                 continue
-            if d.auxd_refcnt != per_domain.get(d, 0) and not busy(d):
+            refcnt = d.auxd_refcnt
+            if refcnt != per_domain.get(d, 0) and id(d) not in inflight:
                 out.append(
-                    f"{d!r}: auxd_refcnt {d.auxd_refcnt} but {per_domain.get(d, 0)} live aux "
-                    "attachment(s)"
+                    f"{d!r}: auxd_refcnt {refcnt} but {per_domain.get(d, 0)} live aux attachment(s)"
                 )
-            if ops.aux_variant == "corrected" and records.get(d, 0) != d.auxd_refcnt:
-                out.append(f"{d!r}: {records.get(d, 0)} records, auxd_refcnt {d.auxd_refcnt}")
-            if d.auxd_refcnt > 0 and d.default_pasid > 0:
+            if corrected and records.get(d, 0) != refcnt:
+                out.append(f"{d!r}: {records.get(d, 0)} records, auxd_refcnt {refcnt}")
+            if refcnt > 0 and d.default_pasid > 0:
                 held_pasids[d.default_pasid] = d
-            elif ops.aux_variant == "corrected" and d.default_pasid != -1:
+            elif corrected and d.default_pasid != -1:
                 out.append(f"{d!r} keeps default PASID {d.default_pasid} with no aux attachment")
             # 4. DID references
             for seq, di in d.iommu_array.items():
-                dids_held.setdefault(seq, []).append(di.did)
+                held_here = dids_held.get(seq)
+                if held_here is None:
+                    dids_held[seq] = [di.did]
+                else:
+                    held_here.append(di.did)
                 n = refs.get((seq, d), 0)
                 if di.refcnt != n:
                     out.append(
@@ -309,18 +343,19 @@ class Kernel(IommuCore):
                 if not di.iommu.domain_ids.is_used(di.did):
                     out.append(f"{d!r} holds DID {di.did} on {di.iommu.name}, which is free")
             # 5. page-table top still live
-            if d.pgtable is not None and self.frames.live.get(d.pgtable.pgd, (0, ""))[1] != (
-                "pgtable"
-            ):
-                out.append(f"{d!r}: page-table top {d.pgtable.pgd:#x} is not a live pgtable page")
+            pgtable = d.pgtable
+            if pgtable is not None:
+                frame = frames_live.get(pgtable.pgd)
+                if frame is None or frame[1] != "pgtable":
+                    out.append(f"{d!r}: page-table top {pgtable.pgd:#x} is not a live pgtable page")
         # 6. allocators hold exactly what live domains hold
-        allocated = sorted(owners)
-        for p in allocated:
-            if p not in held_pasids:
-                out.append(
-                    f"PASID {p} is allocated (to {owners.get(p)!r}) but no attached "
-                    "domain holds it (leak)"
-                )
+        if owners:
+            for p in sorted(owners) if len(owners) > 1 else owners:
+                if p not in held_pasids:
+                    out.append(
+                        f"PASID {p} is allocated (to {owners.get(p)!r}) but no attached "
+                        "domain holds it (leak)"
+                    )
         for p, d in held_pasids.items():
             if owners.get(p) is not d:
                 out.append(f"{d!r} holds PASID {p}, allocator owner is {owners.get(p)!r}")

@@ -177,8 +177,11 @@ class DriverWorld:
     def audit(self, *, with_leaks: bool) -> list[tuple[str, str]]:
         """``Kernel.audit()`` messages as ``(category, message)``; leak messages only when
         ``with_leaks`` (mid-operation, an allocated-but-not-yet-published PASID is normal)."""
+        msgs = self.kernel.audit()
+        if not msgs:
+            return []  # (the common case: a consistent state)
         out = []
-        for m in self.kernel.audit():
+        for m in msgs:
             c = audit_category(m)
             if c == "leak" and not with_leaks:
                 continue

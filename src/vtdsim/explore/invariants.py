@@ -103,10 +103,12 @@ def driver_invariants() -> tuple[Invariant, ...]:
         return list(w.violations)
 
     def step_audit(w: Any) -> Iterable[str]:
-        return [m for _c, m in w.audit(with_leaks=False)]
+        found = w.audit(with_leaks=False)
+        return [m for _c, m in found] if found else ()
 
     def end_audit(w: Any) -> Iterable[str]:
-        return [m for _c, m in w.audit(with_leaks=True)]
+        found = w.audit(with_leaks=True)
+        return [m for _c, m in found] if found else ()
 
     audit_names = (
         "use-after-free",

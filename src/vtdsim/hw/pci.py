@@ -139,6 +139,12 @@ class DmaResult:
 
 
 _new = object.__new__
+_set_ok: Any = DmaResult.__dict__["ok"].__set__
+_set_data: Any = DmaResult.__dict__["data"].__set__
+_set_fault: Any = DmaResult.__dict__["fault"].__set__
+_set_transferred: Any = DmaResult.__dict__["transferred"].__set__
+# (the slots' descriptors: a DmaResult built field by field without the frozen dataclass's
+# object.__setattr__ per field -- dma_read's one-page path)
 
 
 class _DevTlbEntry:
@@ -318,6 +324,55 @@ class PciDevice:
         self, addr: int, length: int, pasid: int | None = None, privileged: bool = False
     ) -> DmaResult:
         """Read ``length`` bytes at device address ``addr`` (any length, across pages)."""
+        if (
+            type(addr) is int
+            and type(length) is int
+            and addr >= 0
+            and 0 < length <= 0x1000 - (addr & 0xFFF)
+            and addr + length <= 1 << 64
+            and (
+                pasid is None
+                or (
+                    type(pasid) is int
+                    and (cap := self.pasid_cap) is not None
+                    and cap.width  # PasidCapability.max_pasids: 1 << width, 0 for width 0
+                    and 0 <= pasid < 1 << cap.width
+                )
+            )
+        ):
+            # One page, arguments that _check_span and _check_pasid accept: one translation
+            # and one slice of the page (what the loop below does for a single piece).
+            hpa, fault = self.translate(addr, pasid=pasid, write=False, privileged=privileged)
+            res: DmaResult = _new(DmaResult)
+            if fault is not None:
+                _set_ok(res, False)
+                _set_data(res, None)
+                _set_fault(res, fault)
+                _set_transferred(res, 0)
+                return res
+            mem = self.memory
+            if hpa + length <= mem.size:  # (else mem.read raises its MemoryAccessError)
+                q = mem.qword_pages.get(hpa >> 12)
+                if q is not None:  # a materialised page: its bytes
+                    off = hpa & 0xFFF
+                    data = q.cast("B")[off : off + length].tobytes()
+                elif length == 8 and not hpa & 7:  # one qword (PhysicalMemory.read64's path)
+                    data = mem.read64(hpa).to_bytes(8, "little")
+                else:
+                    data = mem.read(hpa, length)
+            else:
+                data = mem.read(hpa, length)
+            _set_ok(res, True)
+            _set_data(res, data)
+            _set_fault(res, None)
+            _set_transferred(res, length)
+            return res
+        return self._dma_read_pages(addr, length, pasid, privileged)
+
+    def _dma_read_pages(
+        self, addr: int, length: int, pasid: int | None, privileged: bool
+    ) -> DmaResult:
+        """:meth:`dma_read` in general: checked arguments, then page by page."""
         _check_span(addr, length)
         self._check_pasid(pasid)
         mem = self.memory
