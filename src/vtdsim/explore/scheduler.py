@@ -21,7 +21,14 @@ reached its point: when that thread runs on, there is no switch at all, otherwis
 to the chosen thread; the scheduler greenlet only starts a schedule and takes over when a thread
 finishes or the schedule ends.  Logical threads run on worker greenlets reused from schedule to
 schedule (creating a greenlet costs ~10 us, more than a whole step).  The driver is never
-patched: the backend is installed with ``sync.install`` for the duration of a schedule.  A step
+patched: the backend is installed with ``sync.install`` for the duration of a schedule.
+Per-step frames were trimmed (toy of 2 threads x 10 lock sections, bound 1: ~2.5 -> ~2.3 us a
+step; 2026-11-24, noisy 2-core VM): ``with lock:`` calls the backend directly, a two-thread
+decision computes its enabled threads without comprehensions, and the DFS's replayed decisions
+before the deepest one are taken from ``DfsChooser.replay`` without calling the chooser (the
+deepest one still goes through it for the determinism check; with sleep sets every decision
+does, for their signature numbering).  ``tests/test_explore_engine_fast.py`` compares these
+paths with the general ones.  A step
 at which two or more threads are enabled is a *decision*; the list of choices at decisions is the
 schedule.
 
@@ -288,6 +295,10 @@ class Execution:
         #: of the same prefix (see :attr:`Chooser.checked_prefix`): their checks are skipped
         self.checked_prefix = int(getattr(chooser, "checked_prefix", 0))
         self._calls = 0
+        #: choices of the leading decisions, taken by the engine without calling the chooser
+        #: (the DFS's replayed prefix, :attr:`DfsChooser.replay`); ``replayed`` counts them
+        self._replay: Sequence[int] = getattr(chooser, "replay", ())
+        self.replayed = 0
         self._error: BaseException | None = None
         self._locks: dict[int, SpinLock] = {}
         self._objnum: dict[Any, int] = {}
@@ -492,7 +503,14 @@ class Execution:
     def _choose(self, live: list[_Thread], last: int) -> _Thread | None:
         """The thread to run next (checks at decisions, then the chooser's pick), or None
         when the schedule ends here (deadlock, violation, prune, divergence)."""
-        enabled = [t for t in live if t.kind is not ACQUIRE or t.obj.owner is None]
+        if len(live) == 2:  # the common case: no comprehension frames
+            a, b = live
+            if a.kind is not ACQUIRE or a.obj.owner is None:
+                enabled = live[:] if b.kind is not ACQUIRE or b.obj.owner is None else [a]
+            else:
+                enabled = [b] if b.kind is not ACQUIRE or b.obj.owner is None else []
+        else:
+            enabled = [t for t in live if t.kind is not ACQUIRE or t.obj.owner is None]
         if not enabled:
             self._bug(
                 "deadlock",
@@ -517,8 +535,14 @@ class Execution:
                 and self._check_step(step_invs if self.held == 0 else self.always_invariants)
             ):
                 return None
-            tids = [e.tid for e in enabled]
-            tid = self.chooser.choose(self, tids, last)
+            tids = (
+                [enabled[0].tid, enabled[1].tid] if len(enabled) == 2 else [e.tid for e in enabled]
+            )
+            if calls < len(self._replay):
+                tid: int | None = self._replay[calls]
+                self.replayed = calls + 1
+            else:
+                tid = self.chooser.choose(self, tids, last)
             if tid is None:
                 self.pruned = self.bug_kind is None
                 return None

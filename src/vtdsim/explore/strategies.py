@@ -219,7 +219,6 @@ class DfsChooser:
 
     def __init__(self, search: _Dfs) -> None:
         self.search = search
-        self.i = 0
         self.every_step = search.por
         # Every node on the stack was created by an earlier execution of the same prefix,
         # right after that execution checked the invariants at that decision; executions
@@ -228,6 +227,14 @@ class DfsChooser:
         self.checked_prefix = len(search.stack)
         #: the stack depth this execution must replay (a shorter execution is nondeterminism)
         self.depth = len(search.stack)
+        #: the choices of the replayed decisions before the deepest one, which the engine takes
+        #: itself without calling :meth:`choose` (:attr:`Execution.replayed` counts them; the
+        #: deepest replayed decision still comes here for the determinism check).  Sleep sets
+        #: number their signatures at every decision: with ``por`` every decision comes here.
+        self.replay: list[int] = (
+            [] if search.por else [n.cands[n.idx] for n in search.stack[: self.depth - 1]]
+        )
+        self.i = len(self.replay)
 
     def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
         s = self.search
@@ -396,6 +403,8 @@ class _Dfs:
             self.truncated = False
             chooser = DfsChooser(self)
             out = runner.execute(chooser)
+            if out.ex.replayed < len(chooser.replay):  # ended inside the engine's replay
+                chooser.i = out.ex.replayed
             if chooser.i < chooser.depth and out.bug_kind not in ("divergence", "stall"):
                 # the execution that recorded this prefix passed all of it: ending or failing
                 # inside it is nondeterminism (a stall is the watchdog's clock, not the code)

@@ -1,0 +1,258 @@
+"""The explorer engine's fast paths against the general ones (differential tests).
+
+Fast paths (:mod:`vtdsim.explore.scheduler`, :mod:`vtdsim.driver.sync`):
+
+* ``SpinLock.__enter__``/``__exit__`` call the backend directly (general: through
+  ``acquire``/``release``);
+* the engine takes the DFS's replayed decisions before the deepest one from
+  ``DfsChooser.replay`` without calling the chooser (general: every decision calls ``choose``);
+* ``Execution._choose`` computes the enabled threads of a two-thread schedule without
+  comprehensions (general: the comprehension below, :func:`_reference_choose`).
+
+Each test runs the same search both ways and compares every execution: schedule string with
+its trace hash, outcome, steps, preemptions, pruning.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import Any
+
+import pytest
+
+from vtdsim.driver import sync
+from vtdsim.explore import get_workload, strategies
+from vtdsim.explore.base import Workload
+from vtdsim.explore.scheduler import ACQUIRE, Execution, Runner, _Thread
+from vtdsim.explore.strategies import DfsChooser, Segment, _Dfs
+
+Record = tuple[Any, ...]
+
+
+def _reference_choose(self: Execution, live: list[_Thread], last: int) -> _Thread | None:
+    """The general decision path (before the fast paths): enabled threads by comprehension,
+    every decision through the chooser."""
+    enabled = [t for t in live if t.kind is not ACQUIRE or t.obj.owner is None]
+    if not enabled:
+        self._bug(
+            "deadlock",
+            "deadlock",
+            "no enabled thread; blocked: "
+            + ", ".join(f"{t.name} waits for {t.obj.name}" for t in live),
+        )
+        return None
+    if len(enabled) == 1 and self._inline:
+        always = self.always_invariants
+        if always and self._check_step(always):
+            return None
+        return enabled[0]
+    calls = self._calls
+    self._calls = calls + 1
+    step_invs = self.step_invariants
+    if (
+        step_invs
+        and calls >= self.checked_prefix
+        and (self.steps or not self.initial_checked)
+        and self._check_step(step_invs if self.held == 0 else self.always_invariants)
+    ):
+        return None
+    tids = [e.tid for e in enabled]
+    tid = self.chooser.choose(self, tids, last)
+    if tid is None:
+        self.pruned = self.bug_kind is None
+        return None
+    if tid not in tids:
+        self._bug(
+            "divergence",
+            "divergence",
+            f"decision {len(self.choices)}: thread {tid} is not enabled "
+            f"(enabled: {tids}): the execution does not follow its schedule; the "
+            "workload is nondeterministic or the code changed since the schedule "
+            "was recorded",
+        )
+        return None
+    if len(tids) > 1:
+        last_enabled = last in tids
+        self.choices.append(tid)
+        self.defaults.append(tid == (last if last_enabled else tids[0]))
+        if last_enabled and tid != last:
+            self.preemptions += 1
+    return self.threads[tid]
+
+
+class _GeneralDfsChooser(DfsChooser):
+    """Every decision through :meth:`choose` (no engine-side replay)."""
+
+    def __init__(self, search: Any) -> None:
+        super().__init__(search)
+        self.replay = []
+        self.i = 0
+
+
+def _enter(self: sync.SpinLock) -> sync.SpinLock:
+    self.acquire()
+    return self
+
+
+def _exit(self: sync.SpinLock, exc_type: object, exc: object, tb: object) -> None:
+    self.release()
+
+
+def _record(wl: Workload, bound: int | None, por: bool) -> tuple[list[Record], Record]:
+    runner = Runner(wl)
+    runner.fresh_world()
+    recs: list[Record] = []
+    orig = runner.execute
+
+    def execute(chooser: Any) -> Any:
+        out = orig(chooser)
+        recs.append(
+            (
+                str(out.schedule(wl)),
+                tuple(out.choices),
+                out.bug_kind,
+                out.bug_name,
+                out.bug_message,
+                out.steps,
+                out.preemptions,
+                out.pruned,
+            )
+        )
+        return out
+
+    runner.execute = execute  # type: ignore[method-assign]
+    seg = _Dfs(runner, bound=bound, por=por).run(Segment(), False, None)
+    summary = (seg.schedules, seg.pruned, seg.steps, seg.bound_hit, [str(b) for _i, b in seg.bugs])
+    return recs, summary
+
+
+class _Toy(Workload):
+    """Two (or three) threads of lock operations, points and unlocked accesses; ``explicit``
+    uses ``acquire()``/``release()`` instead of ``with``."""
+
+    name = "engine-fast-toy"
+
+    def __init__(self, nthreads: int = 2, n: int = 3, explicit: bool = False) -> None:
+        super().__init__()
+        self.nthreads = nthreads
+        self.n = n
+        self.explicit = explicit
+
+    def setup(self) -> Any:
+        return {"a": sync.SpinLock("a"), "b": sync.Mutex("b"), "x": [0]}
+
+    def threads(self, world: Any) -> Sequence[tuple[str, Any]]:
+        la, lb, x = world["a"], world["b"], world["x"]
+
+        def make(i: int) -> Any:
+            def f() -> int:
+                for k in range(self.n):
+                    lock = la if (i + k) % 2 == 0 else lb
+                    if self.explicit:
+                        lock.acquire()
+                        sync.point("p")
+                        x[0] += 1
+                        lock.release()
+                    else:
+                        with lock:
+                            sync.point("p")
+                            x[0] += 1
+                    sync.shared_read("x", k)
+                    if k == 1:
+                        sync.shared_write("x", 0)
+                return x[0]
+
+            return f
+
+        return [(f"t{i}", make(i)) for i in range(self.nthreads)]
+
+
+WORKLOADS: list[tuple[str, Any]] = [
+    ("toy2", lambda: _Toy(2, 3)),
+    ("toy3", lambda: _Toy(3, 2)),
+    ("toy-counter", lambda: get_workload("toy-counter")),
+    ("toy-deadlock", lambda: get_workload("toy-deadlock")),
+    ("toy-three", lambda: get_workload("toy-three")),
+    ("toy-aux/v5", lambda: get_workload("toy-aux", "v5")),
+    ("toy-aux/corrected", lambda: get_workload("toy-aux", "corrected")),
+    ("a/v5", lambda: get_workload("a", "v5")),
+    ("a/corrected", lambda: get_workload("a", "corrected")),
+    ("c/v5", lambda: get_workload("c", "v5")),
+]
+
+
+@pytest.mark.parametrize(("bound", "por"), [(1, False), (2, False), (None, True)])
+@pytest.mark.parametrize(("name", "make"), WORKLOADS, ids=[w[0] for w in WORKLOADS])
+def test_fast_paths_match_general(
+    name: str, make: Any, bound: int | None, por: bool, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if por and name == "c/v5":
+        bound, por = 3, False  # its unbounded tree is too large for a unit test
+    if por and name in ("toy2", "toy3"):
+        make = lambda: _Toy(int(name[-1]), 1)  # noqa: E731 (unbounded: keep it small)
+    fast = _record(make(), bound, por)
+    with monkeypatch.context() as m:
+        m.setattr(Execution, "_choose", _reference_choose)
+        m.setattr(strategies, "DfsChooser", _GeneralDfsChooser)
+        m.setattr(sync.SpinLock, "__enter__", _enter)
+        m.setattr(sync.SpinLock, "__exit__", _exit)
+        slow = _record(make(), bound, por)
+    assert fast[0], "no execution recorded"
+    assert fast == slow
+
+
+def test_explicit_and_with_locks_explore_alike() -> None:
+    assert _record(_Toy(2, 3, explicit=True), 1, False) == _record(_Toy(2, 3), 1, False)
+
+
+def test_replayed_decisions_skip_the_chooser(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Without sleep sets the chooser sees only the deepest replayed decision and new ones;
+    with sleep sets every decision (signature numbering)."""
+    calls: list[tuple[int, int]] = []
+    orig = DfsChooser.choose
+
+    def choose(self: DfsChooser, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
+        calls.append((self.i, self.depth))
+        return orig(self, ex, enabled, last)
+
+    monkeypatch.setattr(DfsChooser, "choose", choose)
+    _record(_Toy(2, 3), 1, False)
+    assert calls and all(i >= depth - 1 for i, depth in calls)
+    calls.clear()
+    _record(_Toy(2, 1), None, True)
+    assert any(i < depth - 1 for i, depth in calls)
+
+
+def test_with_lock_errors_under_the_explorer() -> None:
+    """Recursive ``with`` and a release by a non-owner raise LockingError under a backend."""
+
+    class Bad(Workload):
+        name = "engine-fast-bad"
+
+        def setup(self) -> Any:
+            return sync.SpinLock("l")
+
+        def threads(self, world: Any) -> Sequence[tuple[str, Any]]:
+            def rec() -> None:
+                with world, world:
+                    pass
+
+            return [("rec", rec)]
+
+    recs, _ = _record(Bad(), None, False)
+    assert recs[0][2] == "exception" and "recursively" in recs[0][4]
+
+    class Stray(Workload):
+        name = "engine-fast-stray"
+
+        def setup(self) -> Any:
+            return sync.SpinLock("l")
+
+        def threads(self, world: Any) -> Sequence[tuple[str, Any]]:
+            def stray() -> None:
+                world.__exit__(None, None, None)
+
+            return [("stray", stray)]
+
+    recs, _ = _record(Stray(), None, False)
+    assert recs[0][2] == "exception" and "does not hold it" in recs[0][4]
