@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from sync_recorder import Recorder
 from vtdsim.driver import sync
 from vtdsim.driver.core import DomainType, Feature, IommuCore, IommuDomain
 from vtdsim.driver.intel import aux as A
@@ -75,33 +76,6 @@ def _unit_state(k: Kernel) -> tuple[object, ...]:
 
 def _memory(k: Kernel) -> dict[int, bytes]:
     return k.platform.memory.snapshot()
-
-
-class _Rec:
-    """A sync backend that records every operation (the explorer's view of a path)."""
-
-    def __init__(self) -> None:
-        self.log: list[tuple[object, ...]] = []
-
-    def acquire(self, lock: sync.SpinLock) -> None:
-        self.log.append(("acquire", lock.name))
-        lock.owner = "T"
-
-    def release(self, lock: sync.SpinLock) -> None:
-        self.log.append(("release", lock.name))
-        lock.owner = None
-
-    def access(self, label: str, key: object, write: bool) -> None:
-        self.log.append(("access", label, write))
-
-    def point(self, label: str) -> None:
-        self.log.append(("point", label))
-
-    def ident(self) -> object:
-        return "T"
-
-    def allocated(self, kind: str, value: int, owner: object, scope: object) -> None:
-        self.log.append(("allocated", kind, value))
 
 
 # -- reference implementations: the code the shortcuts replaced --------------------------------
@@ -380,7 +354,7 @@ def test_aux_cycle_sync_operations_match_the_reference_paths() -> None:
     logs = []
     for reference in (False, True):
         k = Kernel.for_testing(ndev=2)
-        b = _Rec()
+        b = Recorder()
         trace: list[object] = []
         with sync.installed(b):
             if reference:

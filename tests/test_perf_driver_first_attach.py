@@ -23,6 +23,7 @@ from typing import Any
 
 import pytest
 
+from sync_recorder import Recorder
 from vtdsim.driver import sync
 from vtdsim.driver.core import Feature
 from vtdsim.driver.intel import dmar as D
@@ -44,37 +45,6 @@ def _outcome(f: Callable[..., Any], *args: Any) -> tuple[Any, ...]:
         return ("ok", f(*args))
     except Exception as e:  # the typed error is what is compared
         return (type(e).__name__, getattr(e, "errno", None), str(e))
-
-
-class _Rec:
-    """A sync backend that records every operation (the explorer's view of a path); ``hook``
-    runs at each ``point`` (another thread acting at that scheduling point)."""
-
-    def __init__(self, hook: Callable[[str], None] | None = None) -> None:
-        self.log: list[tuple[object, ...]] = []
-        self.hook = hook
-
-    def acquire(self, lock: sync.SpinLock) -> None:
-        self.log.append(("acquire", lock.name))
-        lock.owner = "T"
-
-    def release(self, lock: sync.SpinLock) -> None:
-        self.log.append(("release", lock.name))
-        lock.owner = None
-
-    def access(self, label: str, key: object, write: bool) -> None:
-        self.log.append(("access", label, write))
-
-    def point(self, label: str) -> None:
-        self.log.append(("point", label))
-        if self.hook is not None:
-            self.hook(label)
-
-    def ident(self) -> object:
-        return "T"
-
-    def allocated(self, kind: str, value: int, owner: object, scope: object) -> None:
-        self.log.append(("allocated", kind, value))
 
 
 def _units_state(k: Kernel) -> list[Any]:
@@ -378,7 +348,7 @@ def test_first_use_leaf_allocation_matches_intel_pasid_get_entry(
         io = k.iommus[0]
         io.qi_trace = []
         infos = list(k.ops.infos.values())
-        b = _Rec()
+        b = Recorder()
         out = []
         with sync.installed(b):
             for _ in range(150):
@@ -419,7 +389,7 @@ def test_leaf_installed_by_another_thread_at_the_allocation_point() -> None:
                 slot = _info.pasid_table.table + 8 * (0x4242 >> P.PASID_PDE_SHIFT)
                 _k.platform.memory.write64(slot, leaf | 1)
 
-        b = _Rec(install)
+        b = Recorder(install)
         with sync.installed(b), io.lock:
             out = _outcome(_setup, held, io, d, info, 0x4242, False)
         pte = P.intel_pasid_get_entry(info, 0x4242)
@@ -453,7 +423,7 @@ def test_first_attach_after_a_world_restore_matches_the_general_paths() -> None:
             rounds = []
             for _ in range(3):
                 snap.restore()
-                b = _Rec()
+                b = Recorder()
                 with sync.installed(b):
                     r = (w.detach(dom, 0), w.attach(dom, 1), w.attach(dom, 2), w.detach(dom, 1))
                 rounds.append((r, b.log, _kernel_state(w.kernel)))

@@ -599,11 +599,6 @@ class Execution:
         """Called by a chooser that sees the execution leave its recorded schedule."""
         self._bug("divergence", "divergence", message)
 
-    def pending_kinds(self, tids: Sequence[int]) -> tuple[tuple[int, str], ...]:
-        """``(thread, pending operation kind)`` of ``tids`` (cheap determinism fingerprint)."""
-        threads = self.threads
-        return tuple([(t, threads[t].kind) for t in tids])
-
     # -- naming (reports, hashes, partial-order reduction) ---------------------------------------
 
     def _num(self, key: Any, obj: object) -> int:

@@ -462,23 +462,6 @@ class Translator:
             ):
                 ent[5] += 1
                 return Translation(ent[0] | (addr & 0xFFF), ent[2 + privileged])
-            # a miss: straight to the cold path when it takes the request (the same test as
-            # _translate_cold, one call less)
-            cold = self._cold
-            if (
-                cold is not None
-                and not execute
-                and unit.ttm == 1
-                and type(sid) is int
-                and 0 <= sid <= 0xFFFF
-                and type(addr) is int
-                and 0 <= addr <= _U64
-                and (pasid is None or (type(pasid) is int and 0 <= pasid < _PASID_LIMIT))
-            ):
-                r = cold(unit.root_table_address, sid, addr, pasid, bool(write), bool(privileged))
-                if r is not None:
-                    return r
-                return self._translate(sid, addr, pasid, bool(write), False, bool(privileged))
         return self._miss(sid, addr, pasid, bool(write), bool(execute), bool(privileged))
 
     def _translate_cold(
