@@ -7,7 +7,9 @@ Fast paths (:mod:`vtdsim.explore.scheduler`, :mod:`vtdsim.driver.sync`):
 * the engine takes the DFS's replayed decisions before the deepest one from
   ``DfsChooser.replay`` without calling the chooser (general: every decision calls ``choose``);
 * ``Execution._choose`` computes the enabled threads of a two-thread schedule without
-  comprehensions (general: the comprehension below, :func:`_reference_choose`).
+  comprehensions (general: the comprehension below, :func:`_reference_choose`);
+* ``Execution._yield`` decides forced steps and replayed decisions inline (general: every step
+  through ``_decide``, :func:`_reference_yield`).
 
 Each test runs the same search both ways and compares every execution: schedule string with
 its trace hash, outcome, steps, preemptions, pruning.
@@ -23,7 +25,7 @@ import pytest
 from vtdsim.driver import sync
 from vtdsim.explore import get_workload, strategies
 from vtdsim.explore.base import Workload
-from vtdsim.explore.scheduler import ACQUIRE, Execution, Runner, _Thread
+from vtdsim.explore.scheduler import _STOP, ACQUIRE, Execution, Runner, _Abort, _Thread
 from vtdsim.explore.strategies import DfsChooser, Segment, _Dfs
 
 Record = tuple[Any, ...]
@@ -80,6 +82,26 @@ def _reference_choose(self: Execution, live: list[_Thread], last: int) -> _Threa
     return self.threads[tid]
 
 
+def _reference_yield(self: Execution, t: _Thread) -> None:
+    """The general step path (before the inline decisions): every step through ``_decide``."""
+    self._cur = None
+    try:
+        u = self._decide(t.tid)
+    except BaseException as e:
+        self._error = e
+        u = None
+    if u is None:
+        self._main.switch(_STOP)
+        raise _Abort
+    self._cur = u
+    if u is not t:
+        if u.started:
+            u.glet.switch()
+        else:
+            u.started = True
+            u.glet.switch(u)
+
+
 class _GeneralDfsChooser(DfsChooser):
     """Every decision through :meth:`choose` (no engine-side replay)."""
 
@@ -110,6 +132,7 @@ def _record(wl: Workload, bound: int | None, por: bool) -> tuple[list[Record], R
             (
                 str(out.schedule(wl)),
                 tuple(out.choices),
+                tuple(out.defaults),
                 out.bug_kind,
                 out.bug_name,
                 out.bug_message,
@@ -193,6 +216,7 @@ def test_fast_paths_match_general(
     fast = _record(make(), bound, por)
     with monkeypatch.context() as m:
         m.setattr(Execution, "_choose", _reference_choose)
+        m.setattr(Execution, "_yield", _reference_yield)
         m.setattr(strategies, "DfsChooser", _GeneralDfsChooser)
         m.setattr(sync.SpinLock, "__enter__", _enter)
         m.setattr(sync.SpinLock, "__exit__", _exit)
@@ -240,7 +264,7 @@ def test_with_lock_errors_under_the_explorer() -> None:
             return [("rec", rec)]
 
     recs, _ = _record(Bad(), None, False)
-    assert recs[0][2] == "exception" and "recursively" in recs[0][4]
+    assert recs[0][3] == "exception" and "recursively" in recs[0][5]
 
     class Stray(Workload):
         name = "engine-fast-stray"
@@ -255,4 +279,81 @@ def test_with_lock_errors_under_the_explorer() -> None:
             return [("stray", stray)]
 
     recs, _ = _record(Stray(), None, False)
-    assert recs[0][2] == "exception" and "does not hold it" in recs[0][4]
+    assert recs[0][3] == "exception" and "does not hold it" in recs[0][5]
+
+
+class _ReplayChooser:
+    """A chooser whose leading decisions are taken by the engine from ``replay`` (as the DFS's
+    replayed prefix), ``checked_prefix`` of them already checked; later ones: the default."""
+
+    every_step = False
+
+    def __init__(self, replay: list[int], checked_prefix: int) -> None:
+        self.replay = replay
+        self.checked_prefix = checked_prefix
+        self.calls = 0
+
+    def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
+        self.calls += 1
+        return last if last in enabled else enabled[0]
+
+
+class _Counted(Workload):
+    """Two threads of two lock sections on separate locks (both threads are enabled at every
+    step); the step invariant records the decision index of each check."""
+
+    name = "engine-fast-counted"
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.checked_at: list[int] = []
+
+    def setup(self) -> Any:
+        return [sync.SpinLock("l0"), sync.SpinLock("l1")]
+
+    def threads(self, world: Any) -> Sequence[tuple[str, Any]]:
+        def make(i: int) -> Any:
+            def f() -> None:
+                for _ in range(2):
+                    with world[i]:
+                        pass
+
+            return f
+
+        return [("t0", make(0)), ("t1", make(1))]
+
+    def invariants(self) -> Sequence[Any]:
+        from vtdsim.explore import scheduler
+        from vtdsim.explore.invariants import Invariant
+
+        def check(_w: Any) -> list[str]:
+            ex = scheduler._running
+            assert ex is not None
+            self.checked_at.append(ex._calls - 1)  # the decision being taken
+            return []
+
+        return [Invariant("counted", check, when="step")]
+
+
+def test_inline_replay_checks_decisions_beyond_the_checked_prefix() -> None:
+    """A replayed decision whose state was not checked before (index >= checked_prefix) is
+    checked, whether the engine takes it inline or not; one inside the checked prefix is not.
+    Replaying thread 0 three times: decisions 0 (both threads at their start) and 1 (thread 0
+    about to take l0) are quiescent, decision 2 (thread 0 holds l0) is not."""
+    for checked, expected in ((0, [0, 1]), (3, [])):
+        wl = _Counted()
+        runner = Runner(wl)
+        runner.fresh_world()
+        out = runner.execute(_ReplayChooser([0, 0, 0], checked))
+        assert out.bug_kind is None and out.ex.replayed == 3
+        assert [i for i in wl.checked_at if i < 3] == expected, (checked, wl.checked_at)
+        assert any(i >= 3 for i in wl.checked_at)  # the chooser's own decisions: checked
+
+
+def test_inline_replay_reports_a_choice_that_is_not_enabled() -> None:
+    """A replayed choice naming no enabled thread is a divergence (not a run of thread 5)."""
+    runner = Runner(_Counted())
+    runner.fresh_world()
+    out = runner.execute(_ReplayChooser([0, 5], 2))
+    assert out.bug_kind == "divergence"
+    assert "thread 5 is not enabled" in out.bug_message

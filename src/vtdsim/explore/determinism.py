@@ -63,12 +63,13 @@ def same_execution(
     """Whether an execution at a replayed decision (its ``trace`` so far and ``pending``
     operations) is the one recorded there: the first ``recorded_steps`` steps of
     ``recorded_trace`` and ``recorded_pending`` (identities first, then names)."""
-    if (
-        len(trace) == recorded_steps
-        and list(pending) == list(recorded_pending)
-        and list(trace) == list(recorded_trace[:recorded_steps])
-    ):
-        return True
+    if len(trace) == recorded_steps and list(pending) == list(recorded_pending):
+        # (the recorded trace is the recording execution's whole list: compare its prefix
+        # without copying the live one)
+        t = trace if type(trace) is list else list(trace)
+        r = recorded_trace[:recorded_steps]
+        if t == (r if type(r) is list else list(r)):
+            return True
     return fingerprint(trace, pending) == fingerprint(
         recorded_trace[:recorded_steps], recorded_pending
     )

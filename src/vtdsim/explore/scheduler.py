@@ -255,6 +255,17 @@ class Execution:
 
     #: invariants with an ``on_alloc`` check, run by :meth:`allocated` (set by the Runner)
     alloc_invariants: Sequence[Invariant] = ()
+    # Set only when something happens (a bug, a prune, a strategy's own error): class
+    # defaults, not per-schedule instance attributes.
+    bug_kind: str | None = None
+    bug_name = ""
+    bug_message = ""
+    bug_tb: str | None = None
+    pruned = False
+    _error: BaseException | None = None
+    #: the initial world already passed the step invariants (it is the same snapshot every
+    #: schedule): the check before the first step is skipped (set by the Runner)
+    initial_checked = False
 
     def __init__(
         self,
@@ -264,31 +275,29 @@ class Execution:
         step_invariants: Sequence[Invariant],
         step_budget: int = DEFAULT_STEP_BUDGET,
         only: str | None = None,
+        always_invariants: Sequence[Invariant] | None = None,
     ) -> None:
         self.world = world
         self.only = only
-        #: the initial world already passed the step invariants (it is the same snapshot
-        #: every schedule): the check before the first step is skipped
-        self.initial_checked = False
         self.threads = [_Thread(i, name, fn) for i, (name, fn) in enumerate(threads)]
         self.chooser = chooser
         self.step_invariants = step_invariants
-        self.always_invariants = [i for i in step_invariants if not i.quiescent]
+        #: the step invariants checked after every step, not only at quiescent decisions
+        #: (``always_invariants``: the same, precomputed by the Runner)
+        self.always_invariants: Sequence[Invariant] = (
+            [i for i in step_invariants if not i.quiescent]
+            if always_invariants is None
+            else always_invariants
+        )
         self.step_budget = step_budget
         self.choices: list[int] = []
         self.defaults: list[bool] = []
         self.preemptions = 0
         self.steps = 0
-        self.pruned = False
         self.held = 0
         self.trace: list[tuple[int, str, Any]] = []
-        self.bug_kind: str | None = None
-        self.bug_name = ""
-        self.bug_message = ""
-        self.bug_tb: str | None = None
         self._cur: _Thread | None = None
         self._main: Any = None
-        self._aborting = False
         self._live: list[_Thread] = []
         self._inline = not getattr(chooser, "every_step", False)
         #: decisions (chooser calls) whose state was already checked in an earlier execution
@@ -298,10 +307,19 @@ class Execution:
         #: choices of the leading decisions, taken by the engine without calling the chooser
         #: (the DFS's replayed prefix, :attr:`DfsChooser.replay`); ``replayed`` counts them
         self._replay: Sequence[int] = getattr(chooser, "replay", ())
+        #: :meth:`_yield` decides inline: the chooser does not see every step and nothing is
+        #: checked at every step ...
+        self._fast = self._inline and not self.always_invariants
+        #: ... and the leading replayed decisions whose states were checked before (all of
+        #: them when nothing is checked at decisions) are taken inline
+        self._fast_replay = (
+            min(len(self._replay), self.checked_prefix) if step_invariants else len(self._replay)
+        )
         self.replayed = 0
-        self._error: BaseException | None = None
-        self._locks: dict[int, SpinLock] = {}
-        self._objnum: dict[Any, int] = {}
+        #: every lock a thread acquired (repeats included): owners are reset at the end
+        self._acquired: list[SpinLock] = []
+        #: object numbering of :meth:`op_signature` (made on first use)
+        self._objnum: dict[Any, int] | None = None
         self._keep: list[object] = []
 
     # -- SyncBackend -----------------------------------------------------------------------------
@@ -312,9 +330,7 @@ class Execution:
 
     def acquire(self, lock: SpinLock) -> None:
         t = self._cur
-        if t is None or self._aborting:
-            if self._aborting:
-                raise _Abort
+        if t is None:
             if lock.owner is not None:
                 raise sync.LockingError(f"{lock.name} is held: cannot take it outside a thread")
             lock.owner = _MAIN
@@ -325,11 +341,11 @@ class Execution:
         # scheduled: the scheduler only picks us when the lock is free
         lock.owner = t.tid
         self.held += 1
-        self._locks[id(lock)] = lock
+        self._acquired.append(lock)
 
     def release(self, lock: SpinLock) -> None:
         t = self._cur
-        if t is None or self._aborting:
+        if t is None:
             if lock.owner is not None and lock.owner != _MAIN:
                 self.held -= 1
             lock.owner = None
@@ -346,7 +362,7 @@ class Execution:
         schedule with the first violation."""
         invs = self.alloc_invariants
         t = self._cur
-        if not invs or t is None or self._aborting:
+        if not invs or t is None:
             return
         self._cur = None  # checks run outside any logical thread
         found: tuple[str, str] | None = None
@@ -374,7 +390,7 @@ class Execution:
 
     def access(self, label: str, key: object, write: bool) -> None:
         t = self._cur
-        if t is None or self._aborting:
+        if t is None:
             return
         t.kind = WRITE if write else READ
         t.obj = (label, key)
@@ -382,7 +398,7 @@ class Execution:
 
     def point(self, label: str) -> None:
         t = self._cur
-        if t is None or self._aborting:
+        if t is None:
             return
         t.kind = POINT
         t.obj = label
@@ -392,18 +408,69 @@ class Execution:
         """End thread ``t``'s step (its pending operation is recorded) and take the next
         scheduling decision right here, in ``t``'s greenlet: if ``t`` runs next, return without
         any switch; otherwise switch directly to the chosen thread.  The scheduler greenlet is
-        only involved when a thread finishes or the schedule ends (bug, prune)."""
-        self._cur = None  # decisions and invariant checks run outside any logical thread
-        try:
-            u = self._decide(t.tid)
-        except BaseException as e:  # a strategy's own error: re-raised by the scheduler
-            self._error = e
-            u = None
+        only involved when a thread finishes or the schedule ends (bug, prune).
+
+        The common steps are decided inline (see the module docstring, "per-step cost"): one
+        or two live threads, the chooser not called at every step and no invariant checked at
+        every step, and either at most one enabled thread (a forced step) or a replayed
+        decision whose state an earlier execution already checked.  Everything else, and
+        anything unusual on the way (a replayed choice that is not enabled: divergence), goes
+        through :meth:`_choose`, which decides."""
+        live = self._live
+        u: _Thread | None = None
+        if self._fast:
+            if len(live) == 2:
+                a, b = live
+                if a.kind is not ACQUIRE or a.obj.owner is None:
+                    if b.kind is not ACQUIRE or b.obj.owner is None:
+                        calls = self._calls
+                        if calls < self._fast_replay:
+                            tid = self._replay[calls]
+                            u = a if tid == a.tid else b if tid == b.tid else None
+                            if u is not None:
+                                # _choose's bookkeeping of a decision (t is enabled: it is
+                                # a or b, so the default is to keep running it)
+                                self._calls = calls + 1
+                                self.replayed = calls + 1
+                                self.choices.append(tid)
+                                if u is t:
+                                    self.defaults.append(True)
+                                else:
+                                    self.defaults.append(False)
+                                    self.preemptions += 1
+                    else:
+                        u = a
+                elif b.kind is not ACQUIRE or b.obj.owner is None:
+                    u = b
+            elif len(live) == 1:
+                u = live[0]
+                if u.kind is ACQUIRE and u.obj.owner is not None:
+                    u = None  # deadlock: _choose reports it
         if u is None:
-            self._main.switch(_STOP)  # the schedule ends; _kill throws _Abort in here
+            self._cur = None  # decisions and invariant checks run outside any logical thread
+            try:
+                u = self._choose(live, t.tid)
+            except BaseException as e:  # a strategy's own error: re-raised by the scheduler
+                self._error = e
+                u = None
+            if u is None:
+                self._main.switch(_STOP)  # the schedule ends; _kill throws _Abort in here
+                raise _Abort
+            self._cur = t
+        steps = self.steps + 1
+        self.steps = steps
+        if steps > self.step_budget:
+            self._cur = None
+            self._bug(
+                "step-budget",
+                "step-budget",
+                f"schedule did not terminate within {self.step_budget} steps",
+            )
+            self._main.switch(_STOP)
             raise _Abort
-        self._cur = u
+        self.trace.append((u.tid, u.kind, u.obj))
         if u is not t:
+            self._cur = u
             if u.started:
                 u.glet.switch()
             else:
@@ -431,7 +498,7 @@ class Execution:
             _running = None
             self._kill(live)
             sync.install(previous)
-            for lock in self._locks.values():
+            for lock in self._acquired:
                 lock.owner = None
             _give_back([t.glet for t in self.threads if t.done or not t.started])
         return self
@@ -465,7 +532,11 @@ class Execution:
                 self.bug_tb = t.tb
                 self._bug(kind, exception_bug_name(e), f"thread {t.name}: {e}")
                 return
-            held = [lk.name for lk in self._locks.values() if lk.owner == t.tid]
+            held = (
+                [lk.name for lk in dict.fromkeys(self._acquired) if lk.owner == t.tid]
+                if self.held
+                else ()
+            )
             if held:
                 self._bug(
                     "invariant",
@@ -583,7 +654,12 @@ class Execution:
         self.bug_message = message
 
     def _kill(self, live: list[_Thread]) -> None:
-        self._aborting = True
+        """Unwind the threads still suspended inside the workload (the schedule ended early):
+        :class:`_Unwinder` is the backend meanwhile, so that their ``finally`` blocks and
+        ``with`` exits release locks without taking scheduling decisions (the caller
+        installs the previous backend again)."""
+        unwinder = _Unwinder(self)
+        sync.install(unwinder)
         try:
             for t in live:
                 g = t.glet
@@ -593,7 +669,6 @@ class Execution:
                         g.throw(_Abort)
         finally:
             self._cur = None
-            self._aborting = False
 
     def diverge(self, message: str) -> None:
         """Called by a chooser that sees the execution leave its recorded schedule."""
@@ -602,10 +677,13 @@ class Execution:
     # -- naming (reports, hashes, partial-order reduction) ---------------------------------------
 
     def _num(self, key: Any, obj: object) -> int:
-        n = self._objnum.get(key)
+        objnum = self._objnum
+        if objnum is None:
+            objnum = self._objnum = {}
+        n = objnum.get(key)
         if n is None:
-            n = len(self._objnum)
-            self._objnum[key] = n
+            n = len(objnum)
+            objnum[key] = n
             self._keep.append(obj)
         return n
 
@@ -647,6 +725,36 @@ class Execution:
                 numbering[k] = name
             out.append((tid, kind, name))
         return out
+
+
+class _Unwinder:
+    """The sync backend while :meth:`Execution._kill` unwinds suspended threads: an acquire
+    aborts the unwinding thread again, a release just releases, other points are no-ops (no
+    scheduling decisions, no checks).  Kept out of :class:`Execution` so that its per-step
+    methods do not test for unwinding."""
+
+    __slots__ = ("ex",)
+
+    def __init__(self, ex: Execution) -> None:
+        self.ex = ex
+
+    def ident(self) -> object:
+        t = self.ex._cur
+        return _MAIN if t is None else t.tid
+
+    def acquire(self, lock: SpinLock) -> None:
+        raise _Abort
+
+    def release(self, lock: SpinLock) -> None:
+        if lock.owner is not None and lock.owner != _MAIN:
+            self.ex.held -= 1
+        lock.owner = None
+
+    def access(self, label: str, key: object, write: bool) -> None:
+        return
+
+    def point(self, label: str) -> None:
+        return
 
 
 def _keyid(key: object) -> object:
@@ -727,6 +835,7 @@ class Runner:
         if only is not None:
             invs = tuple(i for i in invs if i.reports(only))
         self.step_invariants = tuple(i for i in invs if i.at_step) if step_checks else ()
+        self.always_invariants = tuple(i for i in self.step_invariants if not i.quiescent)
         self.end_invariants = tuple(i for i in invs if i.at_end)
         #: checked at each allocation (:func:`vtdsim.driver.sync.allocated`)
         self.alloc_invariants = tuple(i for i in invs if i.at_alloc) if step_checks else ()
@@ -767,7 +876,13 @@ class Runner:
         wl = self.workload
         world = self.fresh_world()
         ex = Execution(
-            world, wl.threads(world), chooser, self.step_invariants, self.step_budget, self.only
+            world,
+            wl.threads(world),
+            chooser,
+            self.step_invariants,
+            self.step_budget,
+            self.only,
+            self.always_invariants,
         )
         ex.initial_checked = self._initial_ok and self._snap is not None
         if self.alloc_invariants:
