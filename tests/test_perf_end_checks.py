@@ -26,6 +26,7 @@ from hypothesis import strategies as st
 
 from vtdsim.driver.core import IOMMU_READ, IOMMU_WRITE, DomainType, Feature
 from vtdsim.driver.intel.aux import CorrectedAux
+from vtdsim.driver.intel.aux_v5 import KernelOops
 from vtdsim.driver.intel.iommu import DmarDomain
 from vtdsim.driver.kernel import Kernel, _pasid_owners
 from vtdsim.explore.adapter import DriverWorld
@@ -394,7 +395,10 @@ def test_audit_matches_the_audit_as_it_was(seed: int, variant: str) -> None:
     doms = [w.new_domain() for _ in range(3)]
     for _ in range(rng.randrange(8)):
         d, dev = rng.choice(doms), rng.randrange(3)
-        (w.attach if rng.random() < 0.65 else w.detach)(d, dev)
+        try:
+            (w.attach if rng.random() < 0.65 else w.detach)(d, dev)
+        except KernelOops:
+            break  # v5's one auxd node per domain corrupts its lists (list_del oopses): audit that
     assert _call(k.audit) == _call(_audit_ref, k)
     for _ in range(rng.randrange(1, 7)):
         _corrupt(rng, w, doms)

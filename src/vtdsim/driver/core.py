@@ -686,8 +686,20 @@ class IommuCore:
 
     def aux_get_pasid(self, domain: IommuDomain, dev: Any) -> int:
         """``iommu_aux_get_pasid``: ``-EINVAL`` if the domain has no default PASID."""
-        d = self._domain(domain)
-        st = self.device_state(dev)
+        # _domain(domain) and device_state(dev) inlined for a live domain and a probed device
+        # object; anything else goes through them (the same checks, the same errors)
+        try:
+            live = domain in self._domains
+        except TypeError:  # unhashable: certainly not a domain (_domain raises)
+            live = False
+        if live:
+            assert isinstance(domain, IommuDomain)
+            d = domain
+        else:
+            d = self._domain(domain)
+        st = None if isinstance(dev, str) else self._devices.get(id(dev))
+        if st is None:
+            st = self.device_state(dev)
         return self.ops.aux_get_pasid(d, st.dev)
 
     # -- PASID attach (v6.2+) ------------------------------------------------------------------

@@ -40,7 +40,7 @@ import numpy as np
 from vtdsim.driver.core import DomainType, IommuCore
 from vtdsim.driver.intel.aux import CorrectedAux
 from vtdsim.driver.intel.dmar import IntelIommu, Quirks, init_dmars
-from vtdsim.driver.intel.domain_id import FLPT_DEFAULT_DID
+from vtdsim.driver.intel.domain_id import FLPT_DEFAULT_DID, DomainIdAllocator
 from vtdsim.driver.intel.inject import FaultInjector
 from vtdsim.driver.intel.ioasid import PasidAllocator
 from vtdsim.driver.intel.iommu import AuxVariant, DmarDomain, IntelIommuOps
@@ -64,6 +64,8 @@ _PE_P = 1 << PASID_ENTRY.field("P").shift
 _PE_DID = PASID_ENTRY.field("DID")
 _PE_PGTT = PASID_ENTRY.field("PGTT")
 _PE_SLPTPTR = PASID_ENTRY.field("SLPTPTR")
+_IDENTITY = DomainType.IDENTITY
+_BLOCKED = DomainType.BLOCKED
 
 
 @dataclass(frozen=True, slots=True)
@@ -195,9 +197,12 @@ class Kernel(IommuCore):
         module docstring; ``full=True`` also reads every table back from memory."""
         out: list[str] = []
         ops = self.ops
-        owners = _pasid_owners(ops.pasid_allocator)
+        alloc = ops.pasid_allocator
+        owners = getattr(alloc, "_owners", None)  # _pasid_owners(alloc), inlined
+        if type(owners) is not dict:
+            owners = _pasid_owners(alloc)
         live = self._domains
-        identity, blocked = DomainType.IDENTITY, DomainType.BLOCKED
+        identity, blocked = _IDENTITY, _BLOCKED
         infos, programmed = ops.infos, ops.programmed
         no_entries: dict[int, DmarDomain] = {}
         # 1. programmed PASID entries vs attachments.  The (device, domain) -> count map of
@@ -210,9 +215,10 @@ class Kernel(IommuCore):
         for st in self._devices.values():
             dev_id = id(st.dev)
             st_aux = st.aux
-            for d, n in st_aux.items():
-                assert isinstance(d, DmarDomain)
-                aux_pairs[(dev_id, d)] = n
+            if st_aux:
+                for d, n in st_aux.items():
+                    assert isinstance(d, DmarDomain)
+                    aux_pairs[(dev_id, d)] = n
             info = infos[dev_id]
             prog = programmed.get(id(info), no_entries)
             if not prog and not st_aux and not st.pasid_array and st.domain is None:
@@ -220,7 +226,7 @@ class Kernel(IommuCore):
             name = st.name
             # an attach/detach of this device (or of the domain) is between the driver's
             # update and the core's bookkeeping: skip the core-vs-driver comparisons
-            st_busy = id(st) in inflight
+            st_busy = id(st) in inflight if inflight else False
             if prog:
                 iommu = info.iommu
                 seq = iommu.seq_id
@@ -243,7 +249,7 @@ class Kernel(IommuCore):
                                 f"domain is {st.domain!r}"
                             )
                         continue
-                    if pasid_array.get(pasid) is dom:
+                    if pasid_array and pasid_array.get(pasid) is dom:
                         continue
                     if (dev_id, dom) not in aux_pairs:
                         if not (st_busy or id(dom) in inflight):
@@ -274,21 +280,23 @@ class Kernel(IommuCore):
             rid = st.domain
             if rid is not None and rid.type is not blocked and prog.get(0) is not rid:
                 out.append(f"RID of {name}: {rid!r} attached but PASID 0 entry is {prog.get(0)!r}")
-            for p, d in st.pasid_array.items():
-                if d.type is not blocked and prog.get(p) is not d and id(d) not in inflight:
-                    out.append(
-                        f"PASID {p:#x} of {name}: {d!r} attached but entry is {prog.get(p)!r}"
-                    )
+            if st.pasid_array:
+                for p, d in st.pasid_array.items():
+                    if d.type is not blocked and prog.get(p) is not d and id(d) not in inflight:
+                        out.append(
+                            f"PASID {p:#x} of {name}: {d!r} attached but entry is {prog.get(p)!r}"
+                        )
             for d in st_aux:
                 assert isinstance(d, DmarDomain)
                 if id(d) in inflight:
                     continue
-                if d.default_pasid == 0:
+                dp = d.default_pasid
+                if dp == 0:
                     out.append(f"aux attachment of {d!r} to {name} uses PASID 0")
-                elif prog.get(d.default_pasid) is not d:
+                elif prog.get(dp) is not d:
                     out.append(
                         f"aux attachment of {d!r} to {name}: entry at its PASID "
-                        f"{d.default_pasid} is {prog.get(d.default_pasid)!r}"
+                        f"{dp} is {prog.get(dp)!r}"
                     )
         # 3. attachment counts
         # (plain dicts, not Counters: the audit runs at every quiescent decision of a search)
@@ -305,11 +313,24 @@ class Kernel(IommuCore):
         aux = ops.aux
         if corrected:
             assert isinstance(aux, CorrectedAux)
-            for d, info, _p, users in aux.attachments():
-                records[d] = records.get(d, 0) + 1
-                core_n = aux_pairs.get((id(info.dev), d), 0)
-                if users != core_n and id(d) not in inflight:
-                    out.append(f"{d!r} on {info.dev.bdf}: {users} users, core has {core_n}")
+            if type(aux) is CorrectedAux:
+                # CorrectedAux.attachments() without the list: its records in its order
+                for subs in aux.by_device.values():
+                    for s in subs.values():
+                        d = s.domain
+                        users = s.users
+                        records[d] = records.get(d, 0) + 1
+                        core_n = aux_pairs.get((id(s.info.dev), d), 0)
+                        if users != core_n and id(d) not in inflight:
+                            out.append(
+                                f"{d!r} on {s.info.dev.bdf}: {users} users, core has {core_n}"
+                            )
+            else:
+                for d, info, _p, users in aux.attachments():
+                    records[d] = records.get(d, 0) + 1
+                    core_n = aux_pairs.get((id(info.dev), d), 0)
+                    if users != core_n and id(d) not in inflight:
+                        out.append(f"{d!r} on {info.dev.bdf}: {users} users, core has {core_n}")
         held_pasids: dict[int, DmarDomain] = {}
         dids_held: dict[int, list[int]] = {}  # unit seq_id -> the DIDs live domains hold there
         frames_live = self.frames.live
@@ -323,25 +344,29 @@ class Kernel(IommuCore):
                 )
             if corrected and records.get(d, 0) != refcnt:
                 out.append(f"{d!r}: {records.get(d, 0)} records, auxd_refcnt {refcnt}")
-            if refcnt > 0 and d.default_pasid > 0:
-                held_pasids[d.default_pasid] = d
-            elif corrected and d.default_pasid != -1:
-                out.append(f"{d!r} keeps default PASID {d.default_pasid} with no aux attachment")
+            dp = d.default_pasid
+            if refcnt > 0 and dp > 0:
+                held_pasids[dp] = d
+            elif corrected and dp != -1:
+                out.append(f"{d!r} keeps default PASID {dp} with no aux attachment")
             # 4. DID references
             for seq, di in d.iommu_array.items():
+                did = di.did
                 held_here = dids_held.get(seq)
                 if held_here is None:
-                    dids_held[seq] = [di.did]
+                    dids_held[seq] = [did]
                 else:
-                    held_here.append(di.did)
+                    held_here.append(did)
                 n = refs.get((seq, d), 0)
                 if di.refcnt != n:
                     out.append(
-                        f"{d!r}: DID {di.did} on {di.iommu.name} has refcnt {di.refcnt} but "
+                        f"{d!r}: DID {did} on {di.iommu.name} has refcnt {di.refcnt} but "
                         f"{n} PASID entr{'y' if n == 1 else 'ies'} use it"
                     )
-                if not di.iommu.domain_ids.is_used(di.did):
-                    out.append(f"{d!r} holds DID {di.did} on {di.iommu.name}, which is free")
+                ids = di.iommu.domain_ids
+                # DomainIdAllocator.is_used(did), inlined for the allocator itself
+                if not (did in ids._used if type(ids) is DomainIdAllocator else ids.is_used(did)):
+                    out.append(f"{d!r} holds DID {did} on {di.iommu.name}, which is free")
             # 5. page-table top still live
             pgtable = d.pgtable
             if pgtable is not None:
@@ -360,17 +385,29 @@ class Kernel(IommuCore):
             if owners.get(p) is not d:
                 out.append(f"{d!r} holds PASID {p}, allocator owner is {owners.get(p)!r}")
         for iommu in self.iommus:
-            held_list = dids_held.get(iommu.seq_id, [])
-            held = set(held_list)
-            if len(held) != len(held_list):
-                out.append(f"{iommu.name}: two live domains share a DID")
-            if len(iommu.domain_ids) != len(held):
+            held_list = dids_held.get(iommu.seq_id)
+            # how many distinct DIDs live domains hold on this unit (no set for zero or one)
+            if held_list is None:
+                n_held = 0
+            elif len(held_list) == 1:
+                n_held = 1
+            else:
+                n_held = len(set(held_list))
+                if n_held != len(held_list):
+                    out.append(f"{iommu.name}: two live domains share a DID")
+            ids = iommu.domain_ids
+            # len(DomainIdAllocator), inlined for the allocator itself
+            n_ids = (
+                len(ids._used) - len(ids.reserved) if type(ids) is DomainIdAllocator else len(ids)
+            )
+            if n_ids != n_held:
                 out.append(
-                    f"{iommu.name}: {len(iommu.domain_ids)} DIDs allocated, live domains hold "
-                    f"{sorted(held)} (leak)"
+                    f"{iommu.name}: {n_ids} DIDs allocated, live domains hold "
+                    f"{sorted(set(held_list or ()))} (leak)"
                 )
-        # 7. variant-specific (v5 lists)
-        aux.audit(out)
+        # 7. variant-specific (v5 lists; CorrectedAux.audit checks nothing)
+        if type(aux) is not CorrectedAux:
+            aux.audit(out)
         if full:
             self._audit_memory(out)
         return out

@@ -238,6 +238,7 @@ _W_INLINE_NOT = _RSVD_WAIT_LO | _W_IF
 _W_FAST_MASK = 0xF | 0x70 << 5 | _W_SW | _W_INLINE_NOT
 _W_FAST_VALUE = _WAIT_TYPE & 0xF | (_WAIT_TYPE & 0x70) << 5 | _W_SW
 _FSTS_OFF, _IQT_OFF, _IQH_OFF = R.FSTS, R.IQT, R.IQH  # register offsets for _iqt_written
+_FECTL_OFF, _FRCD_OFF = R.FECTL, R.FRCD_BASE  # (and record_fault)
 _RSVD_PIOTLB = _rsvd(D.PIOTLB_DESC)
 _RSVD_PC = _rsvd(D.PASID_CACHE_DESC)
 _RSVD_PDEVTLB = _rsvd(D.PDEVTLB_DESC)
@@ -734,14 +735,14 @@ class RemappingUnit:
         clear points FSTS.FRI at the record and raises a fault event.
         """
         regs = self._regs
-        fsts = regs[R.FSTS]
+        fsts = regs[_FSTS_OFF]
         if fsts & _FSTS_PFO:
             self._faults_dropped += 1
             return False
         idx = self._next_frcd
-        lo_off = R.FRCD_BASE + 16 * idx
-        if regs[lo_off + 8] & _FR_F:
-            regs[R.FSTS] = fsts | _FSTS_PFO
+        hi_off = _FRCD_OFF + 8 + 16 * idx
+        if regs[hi_off] & _FR_F:
+            regs[_FSTS_OFF] = fsts | _FSTS_PFO
             self._faults_dropped += 1
             return False
         hi = (fault.sid & 0xFFFF) << _FR_SID_SH | (fault.reason & 0xFF) << _FR_FR_SH | _FR_F
@@ -754,16 +755,22 @@ class RemappingUnit:
                 hi |= _FR_PRIV
             if fault.execute:
                 hi |= _FR_EXE
-        regs[lo_off] = fault.address & _FR_FI
-        regs[lo_off + 8] = hi
-        if fsts & _FSTS_PPF:
-            regs[R.FSTS] = fsts
-        else:
-            regs[R.FSTS] = (fsts & ~_FSTS_FRI) | _FSTS_PPF | idx << _FSTS_FRI_SH
-        self._next_frcd = idx + 1 if idx + 1 < self._nfr else 0
+        regs[hi_off - 8] = fault.address & _FR_FI
+        regs[hi_off] = hi
+        nxt = idx + 1
+        self._next_frcd = nxt if nxt < self._nfr else 0
         self._faults_recorded += 1
-        if not fsts & _FSTS_PPF:
-            self._fault_event(fsts)
+        if not fsts & _FSTS_PPF:  # (PPF already set: FSTS stays as it is)
+            regs[_FSTS_OFF] = (fsts & ~_FSTS_FRI) | _FSTS_PPF | idx << _FSTS_FRI_SH
+            if not fsts & _FSTS_EVENT:
+                # _fault_event(fsts), inlined (QEMU vtd_generate_fault_event): IP stays set
+                # while IM masks it
+                fectl = regs[_FECTL_OFF] | _FECTL_IP
+                if fectl & _FECTL_IM:
+                    regs[_FECTL_OFF] = fectl
+                else:
+                    regs[_FECTL_OFF] = fectl & ~_FECTL_IP
+                    self._deliver("fault", R.FEADDR, R.FEUADDR, R.FEDATA)
         return True
 
     # -- queued invalidation ---------------------------------------------------------------------

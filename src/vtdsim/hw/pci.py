@@ -356,6 +356,10 @@ class PciDevice:
                 if q is not None:  # a materialised page: its bytes
                     off = hpa & 0xFFF
                     data = q.cast("B")[off : off + length].tobytes()
+                elif mem._image_mv is None:
+                    # a page never written and no image behind the memory: zeros, what
+                    # PhysicalMemory.read gives (_page_bytes) for a range inside memory
+                    data = bytes(length)
                 elif length == 8 and not hpa & 7:  # one qword (PhysicalMemory.read64's path)
                     data = mem.read64(hpa).to_bytes(8, "little")
                 else:

@@ -428,8 +428,6 @@ class Translator:
         #: the inlined cold path (module docstring), None where the caches' geometry rules it
         #: out; tests set it to None to compare with the general path
         self._cold: ColdPath | None = self._build_cold()
-        #: what a fast-dict miss calls (translate's last line)
-        self._miss = self._translate if self._cold is None else self._translate_cold
         if self._uncached:
             # One call per request: argument checks, the inlined walk, the result.
             self.translate = self._translate_uncached  # type: ignore[method-assign]
@@ -451,7 +449,12 @@ class Translator:
         execute: bool = False,
         privileged: bool = False,
     ) -> Translation | TranslationFault:
-        """Translate one request (see the module docstring)."""
+        """Translate one request (see the module docstring).
+
+        After a fast-dict miss the request goes to the cold path (``_cold``, when it exists)
+        if TES is set, TTM is 01, it does not execute and its arguments are exactly what
+        :func:`_check_request` accepts; :meth:`_translate` decides the rest and whatever the
+        cold path returns None for.  (This is the only copy of that acceptance test.)"""
         unit = self.unit
         if unit.translation_enabled:
             ent = self._fast.get((sid, pasid, addr >> 12))
@@ -462,32 +465,23 @@ class Translator:
             ):
                 ent[5] += 1
                 return Translation(ent[0] | (addr & 0xFFF), ent[2 + privileged])
-        return self._miss(sid, addr, pasid, bool(write), bool(execute), bool(privileged))
-
-    def _translate_cold(
-        self, sid: int, addr: int, pasid: int | None, write: bool, execute: bool, priv: bool
-    ) -> Translation | TranslationFault:
-        """:meth:`translate` after a fast-dict miss when the cold path exists: the request
-        goes to it when TES is set, TTM is 01, it does not execute and its arguments are
-        exactly what :func:`_check_request` accepts; :meth:`_translate` decides the rest and
-        whatever the cold path returns None for."""
-        unit = self.unit
-        cold = self._cold
-        if (
-            cold is not None
-            and not execute
-            and unit.translation_enabled
-            and unit.ttm == 1
-            and type(sid) is int
-            and 0 <= sid <= 0xFFFF
-            and type(addr) is int
-            and 0 <= addr <= _U64
-            and (pasid is None or (type(pasid) is int and 0 <= pasid < _PASID_LIMIT))
-        ):
-            r = cold(unit.root_table_address, sid, addr, pasid, write, priv)
-            if r is not None:
-                return r
-        return self._translate(sid, addr, pasid, write, execute, priv)
+            w, x, priv = bool(write), bool(execute), bool(privileged)
+            cold = self._cold
+            if (
+                cold is not None
+                and not x
+                and unit.ttm == 1
+                and type(sid) is int
+                and 0 <= sid <= 0xFFFF
+                and type(addr) is int
+                and 0 <= addr <= _U64
+                and (pasid is None or (type(pasid) is int and 0 <= pasid < _PASID_LIMIT))
+            ):
+                r = cold(unit.root_table_address, sid, addr, pasid, w, priv)
+                if r is not None:
+                    return r
+            return self._translate(sid, addr, pasid, w, x, priv)
+        return self._translate(sid, addr, pasid, bool(write), bool(execute), bool(privileged))
 
     def _translate_uncached(
         self,
@@ -783,63 +777,17 @@ class Translator:
         for m in (lctp, uctp, sc_dir, pd_ptr, pe_slptr, taddr):
             assert not m & 4095
 
-        def cold(
+        def walk(
             rta: int,
             sid: int,
             addr: int,
             pasid: int | None,
             write: bool,
             priv: bool,
-            q: Any = None,
+            q: Any,
         ) -> Translation | TranslationFault | None:
-            if q is None:
-                q = mem.qword_pages
-                if replay and not (cc_all or pc_all or io_all or psc_all or fast):
-                    # every cache empty: replay a recorded request or record it (record(),
-                    # the replay memo: below)
-                    rkey = (rta, sid, addr, pasid, write, priv)
-                    rm = replay_memo.get(rkey)
-                    if rm is not None:
-                        for pfn, i, j, v in rm[0]:
-                            pg = q.get(pfn)
-                            if pg is None or (pg[i] != v if j < 0 else pg[i:j] != v):
-                                break
-                        else:
-                            _r, cc_i, pc_i, io_i, psc_i, dcc, dpc, dio, dpsc, dw, done = rm
-                            replays[0] += 1
-                            if cc_i:
-                                cc_all.update(cc_i)
-                            if pc_i:
-                                pc_all.update(pc_i)
-                            if io_i:
-                                io_all.update(io_i)
-                            if psc_i:
-                                psc_all.update(psc_i)
-                            if dcc:
-                                ccache.misses += dcc
-                            if dpc:
-                                pcache.misses += dpc
-                            if dio:
-                                iotlb.misses += dio
-                            if dpsc:
-                                psc.misses += dpsc
-                            if dw:
-                                tr._walks += dw
-                            if done[0]:  # a translation (and its fast-dict entry)
-                                _ok, hpa, page, fent = done
-                                if fent is not None:
-                                    fast[(sid, pasid, addr >> 12)] = [*fent, 1, 0]
-                                t = new(Translation)
-                                t.address = hpa
-                                t._p = page
-                                return t
-                            _ok, reason, fpd, eff = done
-                            return tr._fault(reason, fpd, sid, pasid, addr, write, False, eff)
-                    # (a request whose reads keep changing is recorded a few times only)
-                    n = records.get(rkey, 0)
-                    if n < _RECORDS_PER_REQUEST:
-                        records[rkey] = n + 1
-                        return record(rkey, q, rta, sid, addr, pasid, write, priv)
+            """The cold path after its replay memo (``cold`` below): the walk itself, reading
+            memory through ``q`` (``PhysicalMemory.qword_pages`` or a read log)."""
             # -- context cache, then root + context entry (Walker._context_sm_fast) --------
             ctx: ContextInfo | None = cc_get(sid)
             new_ctx = ctx is None
@@ -1213,15 +1161,15 @@ class Translator:
             return t
 
         # -- every cache of the unit empty (a restored explorer world, a global invalidation) --
-        # The outcome of cold() is then a pure function of the request and of the qwords it
+        # The outcome of walk() is then a pure function of the request and of the qwords it
         # reads (the caches hold nothing to consult, the geometry is fixed): the first such
-        # request runs cold() through a read log and keeps the qwords read, in order, and
+        # request runs walk() through a read log and keeps the qwords read, in order, and
         # what the request changed (the cache fills, in order, the counters, the fast-dict
         # entry, the translation's page or the fault's reason); a later identical request
         # whose reads all give the same qwords again -- so it would take the same path and
         # read the same entries -- commits exactly that, and records its fault through
-        # _fault as cold() does.  Like the memos above, this lives in the closure, outside
-        # the unit's state.
+        # _fault as walk() does (cold(), the entry below).  Like the memos above, this
+        # lives in the closure, outside the unit's state.
         replay_memo: dict[tuple[int, int, int, int | None, bool, bool], tuple[Any, ...]] = {}
         # how often each request was recorded (a recording costs about two cold walks)
         records: dict[tuple[int, int, int, int | None, bool, bool], int] = {}
@@ -1242,7 +1190,7 @@ class Translator:
                 ccache.hits, ccache.misses, pcache.hits, pcache.misses, iotlb.hits,
                 iotlb.misses, psc.hits, psc.misses, tr._walks, tr.faults,
             )  # fmt: skip
-            r = cold(rta, sid, addr, pasid, write, priv, _ReadLog(q, log))
+            r = walk(rta, sid, addr, pasid, write, priv, _ReadLog(q, log))
             if r is None:
                 return None  # nothing touched: the general path decides
             after = (
@@ -1260,7 +1208,7 @@ class Translator:
             else:
                 assert isinstance(r, TranslationFault)
                 if d[9] != 1 or fast:
-                    return r  # (cannot happen: cold() faults through _fault, fills no entry)
+                    return r  # (cannot happen: walk() faults through _fault, fills no entry)
                 res = (False, r.reason, r.fpd, r.privileged)
             if d[0] or d[2] or d[4] or d[6]:
                 return r  # (cannot happen: an empty cache has nothing to hit)
@@ -1282,6 +1230,69 @@ class Translator:
                 res,
             )
             return r
+
+        def cold(
+            rta: int,
+            sid: int,
+            addr: int,
+            pasid: int | None,
+            write: bool,
+            priv: bool,
+            q: Any = None,
+        ) -> Translation | TranslationFault | None:
+            # The entry of the cold path: the replay memo, then walk().  Kept apart from
+            # walk(), whose frame holds ~170 variables of this closure, so that a replayed
+            # request does not set up (and tear down) that frame.
+            if q is not None:
+                return walk(rta, sid, addr, pasid, write, priv, q)
+            q = mem.qword_pages
+            if replay and not (cc_all or pc_all or io_all or psc_all or fast):
+                # every cache empty: replay a recorded request or record it (record(),
+                # the replay memo: below)
+                rkey = (rta, sid, addr, pasid, write, priv)
+                rm = replay_memo.get(rkey)
+                if rm is not None:
+                    for pfn, i, j, v in rm[0]:
+                        pg = q.get(pfn)
+                        if pg is None or (pg[i] != v if j < 0 else pg[i:j] != v):
+                            break
+                    else:
+                        _r, cc_i, pc_i, io_i, psc_i, dcc, dpc, dio, dpsc, dw, done = rm
+                        replays[0] += 1
+                        if cc_i:
+                            cc_all.update(cc_i)
+                        if pc_i:
+                            pc_all.update(pc_i)
+                        if io_i:
+                            io_all.update(io_i)
+                        if psc_i:
+                            psc_all.update(psc_i)
+                        if dcc:
+                            ccache.misses += dcc
+                        if dpc:
+                            pcache.misses += dpc
+                        if dio:
+                            iotlb.misses += dio
+                        if dpsc:
+                            psc.misses += dpsc
+                        if dw:
+                            tr._walks += dw
+                        if done[0]:  # a translation (and its fast-dict entry)
+                            _ok, hpa, page, fent = done
+                            if fent is not None:
+                                fast[(sid, pasid, addr >> 12)] = [*fent, 1, 0]
+                            t = new(Translation)
+                            t.address = hpa
+                            t._p = page
+                            return t
+                        _ok, reason, fpd, eff = done
+                        return tr._fault(reason, fpd, sid, pasid, addr, write, False, eff)
+                # (a request whose reads keep changing is recorded a few times only)
+                n = records.get(rkey, 0)
+                if n < _RECORDS_PER_REQUEST:
+                    records[rkey] = n + 1
+                    return record(rkey, q, rta, sid, addr, pasid, write, priv)
+            return walk(rta, sid, addr, pasid, write, priv, q)
 
         setattr(cold, "replays", replays)  # noqa: B010
         return cold
