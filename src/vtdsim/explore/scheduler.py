@@ -38,8 +38,8 @@ a schedule that ended early runs under a backend of its own (:class:`_Unwinder`)
 per-step methods test nothing for it.  Measured on 2 threads x 15 lock sections, every decision
 replayed, no checks (2026-11-24, 2-core VM at load ~0.5, medians of 3,000 schedules): ~1.1 us
 a step without switches, ~1.85 us with a switch at every step (a greenlet switch pair alone is
-~0.6 us); before the inline decisions ~1.55 and ~2.5 us.  ``tests/test_explore_engine_fast.py`` compares these paths
-with the general ones.
+~0.6 us); before the inline decisions ~1.55 and ~2.5 us.
+``tests/test_explore_engine_fast.py`` compares these paths with the general ones.
 
 *Bugs.*  No enabled thread while some are unfinished is a deadlock.  A schedule longer than the step
 budget is reported (non-termination), never a hang; a thread that runs for ``stall_s`` seconds
