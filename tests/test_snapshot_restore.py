@@ -333,15 +333,19 @@ def test_both_dict_paths_are_exercised() -> None:
     paths, and a class with its own ``__setattr__`` (else the tests above prove less)."""
     w = World()
     snap = GraphSnapshot(w)
-    assert any(d is w.small for d in snap._small_live)
+    assert any(d is w.small for d in snap._cold)
     assert any(d is w.big for d in snap._big_live)
     assert any(o is w.full for o in snap._slots.fast)
     assert any(o is w.slotted for o in snap._slots.slow)
-    assert any(o is w.guarded for o in snap._slots.special[0])
-    assert any(o is w.od for o in snap._other_live)
+    assert any(o is w.od for o in snap._cold)
     # a frozen dataclass's own fields are not recorded; what it holds is
-    assert not any(d is vars(w.frozen) for d in snap._small_live + snap._big_live)
-    assert any(lst is w.frozen.items for lst in snap._list_live)
+    assert not any(d is vars(w.frozen) for d in snap._cold + snap._big_live)
+    assert any(lst is w.frozen.items for lst in snap._cold)
+    # once changed, the guarded object is set back through ``object.__setattr__``
+    object.__setattr__(w.guarded, "v", 6)
+    snap.restore()
+    assert any(o is w.guarded for o in snap._slots.special[0])
+    assert w.guarded.v == 5
 
 
 # -- random mutations (hypothesis) -----------------------------------------------------------
