@@ -357,3 +357,132 @@ def test_inline_replay_reports_a_choice_that_is_not_enabled() -> None:
     out = runner.execute(_ReplayChooser([0, 5], 2))
     assert out.bug_kind == "divergence"
     assert "thread 5 is not enabled" in out.bug_message
+
+
+class _Releases(Workload):
+    """Thread ``a`` takes lock ``l``; thread ``b`` (or the same thread) releases it in the
+    way ``how`` names; the other lock ``m`` is never taken."""
+
+    name = "engine-fast-releases"
+
+    def __init__(self, how: str) -> None:
+        super().__init__()
+        self.how = how
+
+    def setup(self) -> Any:
+        return {"l": sync.SpinLock("l"), "m": sync.Mutex("m")}
+
+    def threads(self, world: Any) -> Sequence[tuple[str, Any]]:
+        lock, other = world["l"], world["m"]
+        how = self.how
+
+        def a() -> None:
+            lock.acquire()
+            sync.point("held")
+            if how == "own":
+                lock.release()
+            elif how == "own-with":
+                lock.__exit__(None, None, None)
+            elif how == "free-explicit":
+                other.release()
+            elif how == "free-with":
+                other.__exit__(None, None, None)
+            if how != "own" and how != "own-with":
+                lock.release()
+
+        def b() -> None:
+            sync.point("start")
+            if how == "other-explicit":
+                lock.release()
+            elif how == "other-with":
+                lock.__exit__(None, None, None)
+
+        return [("a", a), ("b", b)]
+
+
+@pytest.mark.parametrize(
+    "how", ["own", "own-with", "free-explicit", "free-with", "other-explicit", "other-with"]
+)
+def test_release_ownership_checked_by_the_backend(
+    how: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The explorer's backend checks ownership in ``release`` itself (``release_checks_owner``,
+    no ``ident()`` call): every schedule ends exactly as with the lock's own check (the
+    general path: the flag off), including which schedules raise and the message."""
+    fast = _record(_Releases(how), None, False)
+    with monkeypatch.context() as m:
+        m.setattr(Execution, "release_checks_owner", False)
+        slow = _record(_Releases(how), None, False)
+    # every execution alike, and the search's summary (its bug reports differ only in the
+    # traceback: the error is raised one frame deeper)
+    assert fast[0] == slow[0]
+    assert fast[1][:4] == slow[1][:4]
+    kinds = {r[3] for r in fast[0]}
+    if how.startswith("own"):
+        assert kinds == {None}
+    else:
+        assert "exception" in kinds
+        assert all("released by a thread that does not hold it" in r[5] for r in fast[0] if r[3])
+
+
+def test_release_ownership_outside_threads() -> None:
+    """Outside logical threads (invariants, setup under an installed Execution) a release of
+    a lock the main code does not hold raises; one it holds is released."""
+    runner = Runner(_Releases("own"))
+    world = runner.fresh_world()
+    ex = Execution(world, [], _ReplayChooser([], 0), ())
+    lock = world["l"]
+    previous = sync.install(ex)
+    try:
+        with pytest.raises(sync.LockingError, match="spinlock l released by a thread"):
+            lock.release()
+        lock.acquire()
+        assert lock.owner is not None
+        lock.release()
+        assert lock.owner is None
+        lock.owner = 0  # held by logical thread 0
+        with pytest.raises(sync.LockingError, match="does not hold it"):
+            lock.__exit__(None, None, None)
+        assert lock.owner == 0
+    finally:
+        lock.owner = None
+        sync.install(previous)
+
+
+def test_install_sets_the_release_check_per_backend() -> None:
+    """A backend without ``release_checks_owner`` still gets the lock's own check."""
+
+    class Plain:
+        def __init__(self) -> None:
+            self.released: list[str] = []
+
+        def ident(self) -> object:
+            return "me"
+
+        def acquire(self, lock: sync.SpinLock) -> None:
+            lock.owner = "me"
+
+        def release(self, lock: sync.SpinLock) -> None:
+            self.released.append(lock.name)
+            lock.owner = None
+
+        def access(self, label: str, key: object, write: bool) -> None:
+            pass
+
+        def point(self, label: str) -> None:
+            pass
+
+    plain = Plain()
+    lock = sync.SpinLock("p")
+    runner = Runner(_Releases("own"))
+    ex = Execution(runner.fresh_world(), [], _ReplayChooser([], 0), ())
+    previous = sync.install(ex)
+    try:
+        sync.install(plain)
+        lock.owner = "someone else"
+        with pytest.raises(sync.LockingError, match="does not hold it"):
+            lock.release()
+        assert plain.released == []
+    finally:
+        lock.owner = None
+        sync.install(previous)

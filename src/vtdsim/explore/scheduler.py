@@ -264,6 +264,9 @@ class Execution:
 
     #: invariants with an ``on_alloc`` check, run by :meth:`allocated` (set by the Runner)
     alloc_invariants: Sequence[Invariant] = ()
+    #: :meth:`release` raises LockingError itself for a lock the caller does not hold
+    #: (:class:`vtdsim.driver.sync.SyncBackend`): locks skip their ``ident()`` call
+    release_checks_owner = True
     # Set only when something happens (a bug, a prune, a strategy's own error): class
     # defaults, not per-schedule instance attributes.
     bug_kind: str | None = None
@@ -353,12 +356,19 @@ class Execution:
         self._acquired.append(lock)
 
     def release(self, lock: SpinLock) -> None:
+        # release_checks_owner: the ownership check of SpinLock.release, here (no ident() call)
         t = self._cur
         if t is None:
-            if lock.owner is not None and lock.owner != _MAIN:
-                self.held -= 1
+            if lock.owner != _MAIN:
+                raise sync.LockingError(
+                    f"{lock.kind} {lock.name} released by a thread that does not hold it"
+                )
             lock.owner = None
             return
+        if lock.owner != t.tid:
+            raise sync.LockingError(
+                f"{lock.kind} {lock.name} released by a thread that does not hold it"
+            )
         t.kind = RELEASE
         t.obj = lock
         self._yield(t)
