@@ -599,8 +599,9 @@ class IommuCore:
         finally:
             records.release()
         # No group->mutex: Linux's iommu_aux_attach_device called the driver unlocked.
+        sdev = st.dev
         try:
-            self.ops.aux_attach_dev(d, st.dev)
+            self.ops.aux_attach_dev(d, sdev)
         except BaseException:
             self._end2(d, st)
             raise
@@ -609,8 +610,10 @@ class IommuCore:
         records.acquire()
         try:
             try:
-                st.aux[d] = st.aux.get(d, 0) + 1
-                d.aux_devices[st.dev] = d.aux_devices.get(st.dev, 0) + 1
+                aux = st.aux
+                aux[d] = aux.get(d, 0) + 1
+                daux = d.aux_devices
+                daux[sdev] = daux.get(sdev, 0) + 1
             finally:
                 # _end2_locked(d, st), inlined
                 n = inflight[kd] - 1
@@ -654,21 +657,23 @@ class IommuCore:
             inflight[ks] = inflight.get(ks, 0) + 1
         finally:
             records.release()
+        sdev = st.dev
         try:
-            self.ops.aux_detach_dev(d, st.dev)
+            self.ops.aux_detach_dev(d, sdev)
         except BaseException:
             self._end2(d, st)
             raise
         records.acquire()  # bookkeeping and _end in one section (see aux_attach_device)
         try:
             try:
-                n = st.aux.get(d, 0)  # re-read: another thread may have detached meanwhile
+                aux = st.aux
+                n = aux.get(d, 0)  # re-read: another thread may have detached meanwhile
                 if n <= 1:
-                    st.aux.pop(d, None)
-                    d.aux_devices.pop(st.dev, None)
+                    aux.pop(d, None)
+                    d.aux_devices.pop(sdev, None)
                 else:
-                    st.aux[d] = n - 1
-                    d.aux_devices[st.dev] = n - 1
+                    aux[d] = n - 1
+                    d.aux_devices[sdev] = n - 1
             finally:
                 # _end2_locked(d, st), inlined
                 n = inflight[kd] - 1

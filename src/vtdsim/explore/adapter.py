@@ -19,6 +19,7 @@ import threading
 from typing import Any
 
 from vtdsim.driver import sync
+from vtdsim.driver.intel.inject import FaultInjector
 from vtdsim.errors import IommuError
 from vtdsim.explore.snapshot import GraphSnapshot
 
@@ -28,6 +29,9 @@ __all__ = ["IOVA", "DriverWorld", "audit_category"]
 IOVA = 0x10000
 _TARGET = 0x200000
 _DEVICES = (("00:02.0", "dmar0"), ("00:03.0", "dmar1"), ("00:04.0", "dmar0"))
+#: the injector methods DriverWorld._hook_injector short-cuts (inlined / called directly)
+_SHOULD_FAIL = FaultInjector.should_fail
+_FRAME_HOOK = FaultInjector.frame_hook
 
 
 def current_ident() -> object:
@@ -159,6 +163,10 @@ class DriverWorld:
         inj = self.kernel.injector
         original = inj.should_fail
         world = self
+        # FaultInjector.should_fail is inlined below for a site without a plan (every
+        # allocation of a schedule but the injected one): only when ``original`` is that
+        # method (it returns a bool: no ``bool()`` needed either)
+        exact = getattr(original, "__func__", None) is _SHOULD_FAIL
 
         def should_fail(site: str) -> bool:
             if (
@@ -169,9 +177,31 @@ class DriverWorld:
             ):
                 world.fail_fired = True
                 return True
+            if exact:
+                if site not in inj.plans:  # FaultInjector.should_fail without a plan
+                    calls = inj.calls
+                    calls[site] = calls.get(site, 0) + 1
+                    return False
+                return original(site)
             return bool(original(site))
 
         inj.should_fail = should_fail  # type: ignore[method-assign]
+        # The frame allocator's hook: FaultInjector.frame_hook's body (``self.should_fail(tag)``)
+        # as a plain function instead of the bound method (one call less per page-table
+        # allocation); it still looks ``should_fail`` up on the injector at each call.
+        frames = self.kernel.frames
+        hook = frames.fail_hook
+        if (
+            exact
+            and getattr(hook, "__func__", None) is _FRAME_HOOK
+            and getattr(hook, "__self__", None) is inj
+        ):
+
+            def frame_hook(tag: str, order: int) -> bool:
+                answer: bool = inj.should_fail(tag)
+                return answer
+
+            frames.fail_hook = frame_hook
 
     # -- what the invariants read ----------------------------------------------------------------
 

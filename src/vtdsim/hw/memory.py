@@ -249,6 +249,13 @@ class PhysicalMemory:
         pfn = addr >> PAGE_SHIFT
         if pfn in self._pages:
             self._q[pfn][(addr & _PAGE_MASK) >> 3] = value
+        elif self._image_mv is None:
+            # _writable(pfn) inlined for memory without an image: a page never written is
+            # materialised as zeros
+            buf = bytearray(PAGE_SIZE)
+            self._pages[pfn] = buf
+            q = self._q[pfn] = memoryview(buf).cast("Q")
+            q[(addr & _PAGE_MASK) >> 3] = value
         else:
             self._writable(pfn)[(addr & _PAGE_MASK) >> 3] = value
 
@@ -326,8 +333,13 @@ class PhysicalMemory:
         pfn = addr >> PAGE_SHIFT
         buf = self._pages.get(pfn)
         if buf is None:
-            self._writable(pfn)
-            buf = self._pages[pfn]
+            if self._image_mv is None:  # _writable(pfn) inlined: no image, zeros
+                buf = bytearray(PAGE_SIZE)
+                self._pages[pfn] = buf
+                self._q[pfn] = memoryview(buf).cast("Q")
+            else:
+                self._writable(pfn)
+                buf = self._pages[pfn]
         return buf
 
     def read32(self, addr: int) -> int:
@@ -499,9 +511,12 @@ class FrameAllocator:
 
     def alloc(self, order: int = 0, tag: str = "") -> int:
         """The physical address of a zeroed block of ``2^order`` frames."""
-        if not isinstance(order, int) or not 0 <= order <= 10:
+        if (type(order) is not int or not 0 <= order <= 10) and (  # exact int: no isinstance
+            not isinstance(order, int) or not 0 <= order <= 10
+        ):
             raise ArgumentError("order", order, "an integer in 0..10")
-        if self.fail_hook is not None and self.fail_hook(tag, order):
+        hook = self.fail_hook
+        if hook is not None and hook(tag, order):
             self._failures += 1
             raise OutOfFrames(order, tag, injected=True)
         size = PAGE_SIZE << order
@@ -509,13 +524,14 @@ class FrameAllocator:
         if free:
             addr = free.pop()
         else:
-            addr = (self._next + size - 1) & ~(size - 1)
+            nxt = self._next
+            addr = (nxt + size - 1) & ~(size - 1)
             if addr + size > self.end:
                 self._failures += 1
                 raise OutOfFrames(order, tag)
-            # frames skipped for alignment go to the order-0 free list
-            for skipped in range(self._next, addr, PAGE_SIZE):
-                self._free.setdefault(0, []).append(skipped)
+            if addr != nxt:  # frames skipped for alignment go to the order-0 free list
+                for skipped in range(nxt, addr, PAGE_SIZE):
+                    self._free.setdefault(0, []).append(skipped)
             self._next = addr + size
         mem = self.memory
         if order:

@@ -75,6 +75,9 @@ __all__ = ["INVALID_IOASID", "AuxAttachment", "CorrectedAux", "aux_attach_allowe
 
 #: Linux ``INVALID_IOASID`` (``(ioasid_t)-1``): the domain has no default PASID.
 INVALID_IOASID = -1
+#: ``DomainType.UNMANAGED`` (the member itself: a module global is found faster than an enum
+#: class attribute on the hot paths)
+_UNMANAGED = DomainType.UNMANAGED
 
 
 def aux_attach_allowed(info: DeviceDomainInfo, domain: DmarDomain) -> bool:
@@ -154,8 +157,10 @@ class CorrectedAux:
         Hot path: ``aux_attach_allowed``, the address-width check of
         ``prepare_domain_attach_device`` (once the unit's width is known), ``_aux_pasid_get``
         and ``domain_attach_iommu`` are inlined, without re-asserting the locks this function
-        has just taken; tests/test_perf_aux_path.py pins it to the calls it replaces."""
-        if not (info.auxd_enabled and domain.type is DomainType.UNMANAGED):
+        has just taken (the DID comes from ``DomainIdAllocator.alloc(held=True)`` when the
+        allocator's lock is the ``iommu->lock`` taken here); tests/test_perf_aux_path.py and
+        tests/test_perf_aux_path2.py pin it to the calls it replaces."""
+        if not (info.auxd_enabled and domain.type is _UNMANAGED):
             raise IommuError(
                 errno.EPERM,
                 f"{domain!r} may not be aux-attached to {info.dev.bdf} (AUX enabled: "
@@ -180,7 +185,9 @@ class CorrectedAux:
                 sub.users += 1
                 return
             # _aux_pasid_get (device_domain_lock held: taken above)
-            limit = int(info.max_pasids)  # ops.max_pasids(info)
+            limit = info.max_pasids  # ops.max_pasids(info): int(info.max_pasids)
+            if type(limit) is not int:
+                limit = int(limit)
             if domain.auxd_refcnt == 0:
                 assert domain.default_pasid == INVALID_IOASID, "aux PASID not released"
                 try:
@@ -211,7 +218,9 @@ class CorrectedAux:
                     if di is not None:
                         di.refcnt += 1
                     else:
-                        did = iommu.domain_ids.alloc(domain)
+                        ids = iommu.domain_ids
+                        # the allocator asserts its lock: the one taken just above
+                        did = ids.alloc(domain, held=ids.lock is lock)
                         domain.iommu_array[seq] = IommuDomainInfo(iommu, 1, did)
                     try:
                         # ops.pasid_setup(info, domain, pasid), inlined (iommu->lock held:
@@ -248,7 +257,8 @@ class CorrectedAux:
     def detach(self, domain: DmarDomain, info: DeviceDomainInfo) -> None:
         """``intel_iommu_aux_detach_device`` → ``aux_domain_remove_dev`` (hot path:
         ``domain_detach_iommu`` and ``_aux_pasid_put`` inlined, without re-asserting the locks
-        taken here)."""
+        taken here: ``DomainIdAllocator.free(held=True)`` when the allocator's lock is the
+        ``iommu->lock`` taken here)."""
         iommu = info.iommu
         ops = self.ops
         ddl = ops.device_domain_lock  # explicit acquire/release, as in attach
@@ -285,7 +295,9 @@ class CorrectedAux:
                     raise ArgumentError("domain", domain, f"a domain attached to {iommu.name}")
                 di.refcnt -= 1
                 if di.refcnt == 0:
-                    iommu.domain_ids.free(di.did)
+                    ids = iommu.domain_ids
+                    # the allocator asserts its lock: the one taken just above
+                    ids.free(di.did, held=ids.lock is lock)
                     del domain.iommu_array[seq]
             finally:
                 lock.release()

@@ -79,38 +79,47 @@ class DomainIdAllocator:
             did += 1
         return did
 
-    def alloc(self, owner: object = None) -> int:
+    def alloc(self, owner: object = None, *, held: bool = False) -> int:
         """Lowest free DID (``find_first_zero_bit`` + ``set_bit``); ``owner`` (the domain) is
-        only passed on to :func:`vtdsim.driver.sync.allocated`."""
+        only passed on to :func:`vtdsim.driver.sync.allocated`.  ``held=True``: the caller has
+        just acquired :attr:`lock` itself (Linux ``domain_attach_iommu`` under
+        ``iommu->lock``), so the ``assert_held`` cannot fail and is skipped (under the explorer
+        it costs a backend call); everything else is the same, in the same order."""
         if sync._backend is not None:  # sync.point, no call without a backend
             sync.point("did_alloc")
-        if self.lock is not None:
+        if not held and self.lock is not None:
             self.lock.assert_held()
         if self.injector is not None and self.injector.should_fail("did"):
             raise IommuError(errno.ENOMEM, "domain id allocation failed (injected)")
         did = self._next
         if did >= self.ndoms:
             raise IommuError(errno.ENOSPC, f"no free domain ids (cap_ndoms = {self.ndoms})")
-        self._used.add(did)
-        self._next = self._first_free(did + 1)
+        used = self._used
+        used.add(did)
+        nxt = did + 1  # self._first_free(did + 1), inlined
+        while nxt in used:
+            nxt += 1
+        self._next = nxt
         if sync._backend is not None:  # observer hook (the explorer's checks), no call without
             sync.allocated("did", did, owner, self)
         return did
 
-    def free(self, did: int) -> None:
-        """``clear_bit(did, iommu->domain_ids)``; freeing a reserved or free id is a bug."""
+    def free(self, did: int, *, held: bool = False) -> None:
+        """``clear_bit(did, iommu->domain_ids)``; freeing a reserved or free id is a bug.
+        ``held=True``: as in :meth:`alloc` (``domain_detach_iommu`` under ``iommu->lock``)."""
         if sync._backend is not None:  # sync.point, no call without a backend
             sync.point("did_free")
-        if self.lock is not None:
+        if not held and self.lock is not None:
             self.lock.assert_held()
+        used = self._used
         if (
             type(did) is not int
             or not 0 <= did < self.ndoms
             or did in self.reserved
-            or did not in self._used
+            or did not in used
         ):
             raise ArgumentError("did", did, "an allocated, non-reserved domain id")
-        self._used.discard(did)
+        used.discard(did)
         if did < self._next:
             self._next = did
 

@@ -61,7 +61,10 @@ class PasidAllocator:
         ``IommuError(ENOMEM)`` on an injected failure (site ``"pasid"``).  On error nothing is
         allocated.
         """
-        if not isinstance(min_id, int) or not isinstance(max_id, int) or min_id < 0:
+        if (type(min_id) is not int or type(max_id) is not int or min_id < 0) and (
+            # (exact ints, the usual case, need no isinstance)
+            not isinstance(min_id, int) or not isinstance(max_id, int) or min_id < 0
+        ):
             raise ArgumentError("range", (min_id, max_id), "integers with 0 <= min")
         if sync._backend is not None:  # sync.point, no call without a backend
             sync.point("pasid_alloc")

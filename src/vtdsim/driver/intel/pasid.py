@@ -117,6 +117,8 @@ _PGSNP_W, _PGSNP_SH = _PE_PGSNP.word, _PE_PGSNP.shift
 _SRE_W, _SRE_SH = _PE_SRE.word, _PE_SRE.shift
 _P_W, _P_BIT = PASID_ENTRY.field("P").word, _PE_P
 _PWSNP_MASK = _PE_PWSNP.mask  # a computed property of the field: once, not per entry
+#: ``DomainType.UNMANAGED`` itself (a module global is found faster than the enum attribute)
+_UNMANAGED = DomainType.UNMANAGED
 
 
 @dataclass
@@ -401,9 +403,11 @@ def setup_second_level_held(
     # pgsnp: as intel_pasid_setup_second_level (a DomainType member, or anything whose
     # ``value`` is "unmanaged")
     dtype = domain.type
-    if dtype is not DomainType.UNMANAGED:
+    if dtype is _UNMANAGED:  # (the module's copy of the member: no enum attribute lookup)
+        pgsnp = int(iommu.sc and not v51)
+    else:
         dtype = getattr(dtype, "value", dtype)
-    pgsnp = int((dtype is DomainType.UNMANAGED or dtype == "unmanaged") and iommu.sc and not v51)
+        pgsnp = int((dtype is _UNMANAGED or dtype == "unmanaged") and iommu.sc and not v51)
     sre = 1 if v51 else int(pasid != PASID_RID2PASID and iommu.srs)  # _sre
     pw = (2 if quirks.pwsnp_did_bit0 else 1) if iommu.smpwc else 0  # _pwsnp's three forms
     key = (agaw, pgd, did, pgsnp, sre, pw)
