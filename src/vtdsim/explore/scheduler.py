@@ -517,8 +517,9 @@ class Execution:
             _running = None
             self._kill(live)
             sync.install(previous)
-            for lock in self._acquired:
-                lock.owner = None
+            if self.held:  # (0: every acquisition by a thread was released)
+                for lock in self._acquired:
+                    lock.owner = None
             _give_back([t.glet for t in self.threads if t.done or not t.started])
         return self
 
@@ -677,6 +678,8 @@ class Execution:
         :class:`_Unwinder` is the backend meanwhile, so that their ``finally`` blocks and
         ``with`` exits release locks without taking scheduling decisions (the caller
         installs the previous backend again)."""
+        if not live:
+            return  # every thread finished (the common case): nothing to unwind
         unwinder = _Unwinder(self)
         sync.install(unwinder)
         try:
