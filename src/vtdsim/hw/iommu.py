@@ -231,6 +231,9 @@ _RSVD_WAIT_LO, _RSVD_WAIT_HI = _RSVD_WAIT  # the wait handler runs once per subm
 _WAIT_TYPE = int(D.DescType.WAIT)
 #: a wait descriptor's 32-bit status data, little-endian (PhysicalMemory.write32's bytes)
 _PACK_U32 = struct.Struct("<I").pack_into
+#: two 256-bit ring slots (descriptor + wait descriptor) as 8 qwords, in the byte order of
+#: PhysicalMemory's qword_pages views (native, as the driver's ring stores pack them)
+_UNPACK_2SLOTS = struct.Struct("=8Q").unpack_from
 #: qword-0 bits that keep a wait descriptor off _iqt_written's inline path: reserved bits
 #: (an error, reported by _qi_wait) and IF (a completion interrupt, raised by _qi_wait)
 _W_INLINE_NOT = _RSVD_WAIT_LO | _W_IF
@@ -242,6 +245,10 @@ _FECTL_OFF, _FRCD_OFF = R.FECTL, R.FRCD_BASE  # (and record_fault)
 _RSVD_PIOTLB = _rsvd(D.PIOTLB_DESC)
 _RSVD_PC = _rsvd(D.PASID_CACHE_DESC)
 _RSVD_PDEVTLB = _rsvd(D.PDEVTLB_DESC)
+# the reserved-bit masks of the teardown's three descriptor types, unpacked for their handlers
+_RSVD_IOTLB_LO, _RSVD_IOTLB_HI = _RSVD_IOTLB
+_RSVD_PC_LO, _RSVD_PC_HI = _RSVD_PC
+_RSVD_PDEVTLB_LO, _RSVD_PDEVTLB_HI = _RSVD_PDEVTLB
 
 # IQERCD.IQEI codes (VT-d 11.4.9.9; VirtualBox VTDIQEI)
 _IQEI_NA = 0
@@ -863,15 +870,18 @@ class RemappingUnit:
             # (SW; no IF, no reserved bit): same fetch, checks, handler, status write (VT-d
             # 6.5.2.8, QEMU vtd_process_wait_desc), counters, IQH and error, in the same
             # order (tests/test_perf_aux_path.py pins it to the general path).
-            q = self.memory.qword_pages.get(addr >> 12)
+            # The two slots' bytes, from the page the driver wrote them into (the same bytes
+            # as its qword_pages view: PhysicalMemory keeps both on one buffer); any other page
+            # (an image page never written, no page) takes the general block below.
+            wp = self.memory.written_pages
+            buf = wp.get(addr >> 12)
             if (
-                q is not None
+                buf is not None
                 and not self._running
                 and self._translator is self._qi_tr
                 and self._qi_valid[_WAIT_TYPE]
             ):
-                i = (addr & 0xFFF) >> 3
-                lo, hi, x2, x3, wlo, whi, w2, w3 = q[i : i + 8].tolist()
+                lo, hi, x2, x3, wlo, whi, w2, w3 = _UNPACK_2SLOTS(buf, addr & 0xFFF)
                 if (
                     not (x2 or x3 or w2 or w3)
                     and wlo & _W_FAST_MASK == _W_FAST_VALUE
@@ -889,7 +899,7 @@ class RemappingUnit:
                             # PhysicalMemory.write32's store into an already written page,
                             # inlined; any other page through write32 itself
                             saddr = whi & _W_SADDR
-                            buf = self.memory.written_pages.get(saddr >> 12)
+                            buf = wp.get(saddr >> 12)  # (the dict is never replaced)
                             try:
                                 if buf is not None:
                                     _PACK_U32(buf, saddr & 0xFFF, wlo >> _W_SDATA_SH)
@@ -1117,7 +1127,7 @@ class RemappingUnit:
         return None
 
     def _qi_iotlb(self, lo: int, hi: int) -> int | None:
-        if lo & _RSVD_IOTLB[0] or hi & _RSVD_IOTLB[1]:
+        if lo & _RSVD_IOTLB_LO or hi & _RSVD_IOTLB_HI:
             return _IQEI_RSVD
         g = (lo >> _G_SH) & 3
         tr = self._qi_tr
@@ -1133,7 +1143,7 @@ class RemappingUnit:
                     (lo >> _DID_SH) & 0xFFFF,
                     hi & _ADDR_MASK & ~((4096 << am) - 1),
                     am,
-                    bool(hi & _IH_BIT),
+                    (hi & _IH_BIT != 0),
                 )
             elif tr is not None:
                 tr.invalidate_iotlb(
@@ -1141,11 +1151,12 @@ class RemappingUnit:
                     did=(lo >> _DID_SH) & 0xFFFF,
                     addr=hi & _ADDR_MASK & ~((4096 << am) - 1),
                     am=am,
-                    ih=bool(hi & _IH_BIT),
+                    ih=(hi & _IH_BIT != 0),
                 )
         elif g == 2:
             if tr is not None:
-                tr.invalidate_iotlb("domain", did=(lo >> _DID_SH) & 0xFFFF)
+                # positional: TranslatorLike's (granularity, did) parameters
+                tr.invalidate_iotlb("domain", (lo >> _DID_SH) & 0xFFFF)
         elif g == 1:
             if tr is not None:
                 tr.invalidate_iotlb("global")
@@ -1176,7 +1187,7 @@ class RemappingUnit:
         if dev is None:
             dev = self._device(sid)
         if dev is not None:
-            dev.invalidate_devtlb(None, hi & _ADDR_MASK, bool(hi & _DEV_S))
+            dev.invalidate_devtlb(None, hi & _ADDR_MASK, (hi & _DEV_S != 0))
         return None
 
     def _qi_wait(self, lo: int, hi: int) -> int | None:
@@ -1218,12 +1229,12 @@ class RemappingUnit:
                     pasid,
                     addr=hi & _ADDR_MASK & ~((4096 << am) - 1),
                     am=am,
-                    ih=bool(hi & _IH_BIT),
+                    ih=(hi & _IH_BIT != 0),
                 )
         return None
 
     def _qi_pc(self, lo: int, hi: int) -> int | None:
-        if lo & _RSVD_PC[0] or hi & _RSVD_PC[1]:
+        if lo & _RSVD_PC_LO or hi & _RSVD_PC_HI:
             return _IQEI_RSVD
         g = (lo >> _G_SH) & 3
         if g == 2:
@@ -1231,16 +1242,17 @@ class RemappingUnit:
         tr = self._qi_tr
         if tr is not None:
             did = (lo >> _DID_SH) & 0xFFFF
+            # positional: TranslatorLike's (granularity, did, pasid) parameters
             if g == 0:
-                tr.invalidate_pasid_cache("domain", did=did)
+                tr.invalidate_pasid_cache("domain", did)
             elif g == 1:
-                tr.invalidate_pasid_cache("pasid", did=did, pasid=(lo >> _PASID_SH) & _PASID_MASK)
+                tr.invalidate_pasid_cache("pasid", did, (lo >> _PASID_SH) & _PASID_MASK)
             else:
                 tr.invalidate_pasid_cache("global")
         return None
 
     def _qi_pdevtlb(self, lo: int, hi: int) -> int | None:
-        if lo & _RSVD_PDEVTLB[0] or hi & _RSVD_PDEVTLB[1]:
+        if lo & _RSVD_PDEVTLB_LO or hi & _RSVD_PDEVTLB_HI:
             return _IQEI_RSVD
         sid = (lo >> _PDEV_SID_SH) & 0xFFFF
         dev = self._qi_device(sid)  # _device's cache, looked up inline
@@ -1248,7 +1260,7 @@ class RemappingUnit:
             dev = self._device(sid)
         if dev is not None:
             dev.invalidate_devtlb(
-                (lo >> _PASID_SH) & _PASID_MASK, hi & _ADDR_MASK, bool(hi & _PDEV_S)
+                (lo >> _PASID_SH) & _PASID_MASK, hi & _ADDR_MASK, (hi & _PDEV_S != 0)
             )
         return None
 

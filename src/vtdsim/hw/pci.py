@@ -296,7 +296,7 @@ class PciDevice:
     def invalidate_devtlb(self, pasid: int | None, addr: int, size_bit: bool) -> int:
         """Drop cached translations in the range named by ``addr``/``size_bit``; ``pasid``
         None affects every PASID (see the module docstring).  Returns how many."""
-        if not isinstance(addr, int) or addr < 0:
+        if (type(addr) is not int and not isinstance(addr, int)) or addr < 0:
             raise ArgumentError("addr", addr, "a non-negative address")
         if not self._devtlb:
             return 0  # nothing cached (no ATS translation yet): nothing to drop

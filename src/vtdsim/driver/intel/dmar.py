@@ -736,22 +736,26 @@ class IntelIommu:
                     rbuf = wp.get(ring >> 12)
                     sbuf = wp.get(status_addr >> 12)
                     ok = True
+                    data = None
                     if (
                         rbuf is not None
                         and sbuf is not None
                         and type(d0) is int
                         and type(d1) is int
-                        and 0 <= d0 <= _U64
-                        and 0 <= d1 <= _U64
                     ):
-                        # PhysicalMemory.write_qwords(ring, ...) and write64(status, QI_IN_USE)
-                        # into pages already written, inlined: the same bytes
-                        off = ring & 0xFFF
-                        rbuf[off : off + 64] = _PACK_2SLOTS(
-                            d0, d1, 0, 0, _WAIT_QW0, status_addr, 0, 0
-                        )
-                        _PACK_QWORD_INTO(sbuf, status_addr & 0xFFF, QI_IN_USE)
-                    else:
+                        try:
+                            # packing range-checks d0 and d1 (0 <= d <= _U64) before a byte
+                            # is stored
+                            data = _PACK_2SLOTS(d0, d1, 0, 0, _WAIT_QW0, status_addr, 0, 0)
+                        except struct.error:
+                            data = None  # out of range: write_qwords below raises the error
+                        else:
+                            # PhysicalMemory.write_qwords(ring, ...) and write64(status,
+                            # QI_IN_USE) into pages already written, inlined: the same bytes
+                            off = ring & 0xFFF
+                            rbuf[off : off + 64] = data
+                            _PACK_QWORD_INTO(sbuf, status_addr & 0xFFF, QI_IN_USE)
+                    if data is None:
                         try:
                             mem.write_qwords(ring, (d0, d1, 0, 0, _WAIT_QW0, status_addr, 0, 0))
                         except ArgumentError:
