@@ -486,3 +486,32 @@ def test_install_sets_the_release_check_per_backend() -> None:
     finally:
         lock.owner = None
         sync.install(previous)
+
+
+@pytest.mark.parametrize(("bound", "por"), [(1, False), (2, False), (None, False), (None, True)])
+@pytest.mark.parametrize("name", ["toy2", "toy-aux/v5", "a/corrected", "c/v5"])
+def test_dfs_path_stays_in_step_with_the_stack(name: str, bound: int | None, por: bool) -> None:
+    """``_Dfs.path`` (the choice of every stack node, kept up to date instead of recomputed
+    per execution) equals ``[n.cands[n.idx] for n in stack]`` before every execution, and the
+    replayed prefix the chooser hands the engine is its slice."""
+    make = dict(WORKLOADS)[name]
+    if name == "c/v5" and bound is None:
+        bound = 2  # its unbounded tree is too large for a unit test
+    runner = Runner(make() if name != "toy2" else _Toy(2, 2 if bound is None else 3))
+    runner.fresh_world()
+    dfs = _Dfs(runner, bound=bound, por=por)
+    seen = 0
+    orig = runner.execute
+
+    def execute(chooser: Any) -> Any:
+        nonlocal seen
+        seen += 1
+        assert dfs.path == [n.cands[n.idx] for n in dfs.stack]
+        expect = [] if por else [n.cands[n.idx] for n in dfs.stack[: len(dfs.stack) - 1]]
+        assert chooser.replay == expect
+        return orig(chooser)
+
+    runner.execute = execute  # type: ignore[method-assign]
+    seg = dfs.run(Segment(), False, None)
+    assert seen == seg.schedules + seg.pruned > 1
+    assert dfs.path == [n.cands[n.idx] for n in dfs.stack]

@@ -231,9 +231,7 @@ class DfsChooser:
         #: itself without calling :meth:`choose` (:attr:`Execution.replayed` counts them; the
         #: deepest replayed decision still comes here for the determinism check).  Sleep sets
         #: number their signatures at every decision: with ``por`` every decision comes here.
-        self.replay: list[int] = (
-            [] if search.por else [n.cands[n.idx] for n in search.stack[: self.depth - 1]]
-        )
+        self.replay: list[int] = [] if search.por else search.path[: self.depth - 1]
         self.i = len(self.replay)
 
     def choose(self, ex: Execution, enabled: Sequence[int], last: int) -> int | None:
@@ -290,6 +288,7 @@ class DfsChooser:
             return None
         node = _Node(order, 0, sleep, {}, sigs or {}, (), ex.trace, len(ex.trace), pending)
         stack.append(node)
+        s.path.append(order[0])
         return order[0]
 
 
@@ -365,6 +364,9 @@ class _Dfs:
         self.bound = bound
         self.por = por
         self.stack: list[_Node] = stack or []
+        #: the choice each node of the stack stands for (``n.cands[n.idx]``), kept in step
+        #: with the stack (the replayed prefix of every execution is a slice of it)
+        self.path: list[int] = [n.cands[n.idx] for n in self.stack]
         self.floor = len(self.stack)
         self.truncate = truncate
         self.truncated = False
@@ -375,6 +377,7 @@ class _Dfs:
 
     def advance(self) -> bool:
         stack = self.stack
+        path = self.path
         while len(stack) > self.floor:
             node = stack[-1]
             if node.idx + 1 < len(node.cands):
@@ -382,8 +385,10 @@ class _Dfs:
                     t = node.cands[node.idx]
                     node.done[t] = node.sigs[t]
                 node.idx += 1
+                path[-1] = node.cands[node.idx]
                 return True
             stack.pop()
+            path.pop()
         return False
 
     def run(
