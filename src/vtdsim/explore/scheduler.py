@@ -328,9 +328,8 @@ class Execution:
             min(len(self._replay), self.checked_prefix) if step_invariants else len(self._replay)
         )
         self.replayed = 0
-        #: every lock a thread acquired (repeats included): owners are reset at the end
-        self._acquired: list[SpinLock] = []
-        #: object numbering of :meth:`op_signature` (made on first use)
+        #: object numbering of :meth:`op_signature` (made on first use), and the numbered
+        #: objects, kept alive (their ids stay unique)
         self._objnum: dict[Any, int] | None = None
         self._keep: list[object] = []
 
@@ -353,7 +352,6 @@ class Execution:
         # scheduled: the scheduler only picks us when the lock is free
         lock.owner = t.tid
         self.held += 1
-        self._acquired.append(lock)
 
     def release(self, lock: SpinLock) -> None:
         # release_checks_owner: the ownership check of SpinLock.release, here (no ident() call)
@@ -518,7 +516,7 @@ class Execution:
             self._kill(live)
             sync.install(previous)
             if self.held:  # (0: every acquisition by a thread was released)
-                for lock in self._acquired:
+                for lock in self._acquired():
                     lock.owner = None
             _give_back([t.glet for t in self.threads if t.done or not t.started])
         return self
@@ -552,11 +550,7 @@ class Execution:
                 self.bug_tb = t.tb
                 self._bug(kind, exception_bug_name(e), f"thread {t.name}: {e}")
                 return
-            held = (
-                [lk.name for lk in dict.fromkeys(self._acquired) if lk.owner == t.tid]
-                if self.held
-                else ()
-            )
+            held = [lk.name for lk in self._acquired() if lk.owner == t.tid] if self.held else ()
             if held:
                 self._bug(
                     "invariant",
@@ -655,6 +649,11 @@ class Execution:
                     self.preemptions += 1
             t = self.threads[tid]
         return t
+
+    def _acquired(self) -> list[SpinLock]:
+        """Every lock a thread was scheduled to acquire, in first-acquisition order (from the
+        trace: rarely needed, so nothing is recorded per acquisition)."""
+        return list(dict.fromkeys(obj for _tid, kind, obj in self.trace if kind is ACQUIRE))
 
     def _check_step(self, invs: Sequence[Invariant]) -> bool:
         try:
