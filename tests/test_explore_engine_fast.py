@@ -9,7 +9,8 @@ Fast paths (:mod:`vtdsim.explore.scheduler`, :mod:`vtdsim.driver.sync`):
 * ``Execution._choose`` computes the enabled threads of a two-thread schedule without
   comprehensions (general: the comprehension below, :func:`_reference_choose`);
 * ``Execution._yield`` decides forced steps and replayed decisions inline (general: every step
-  through ``_decide``, :func:`_reference_yield`).
+  through ``_decide``, :func:`_reference_yield`), and ``Execution._first_step`` a replayed
+  first decision (general: ``_decide``).
 
 Each test runs the same search both ways and compares every execution: schedule string with
 its trace hash, outcome, steps, preemptions, pruning.
@@ -217,6 +218,7 @@ def test_fast_paths_match_general(
     with monkeypatch.context() as m:
         m.setattr(Execution, "_choose", _reference_choose)
         m.setattr(Execution, "_yield", _reference_yield)
+        m.setattr(Execution, "_first_step", lambda self: None)
         m.setattr(strategies, "DfsChooser", _GeneralDfsChooser)
         m.setattr(sync.SpinLock, "__enter__", _enter)
         m.setattr(sync.SpinLock, "__exit__", _exit)

@@ -526,7 +526,9 @@ class Execution:
         finishes (threads take the decisions between their own steps, see :meth:`_yield`)."""
         last = -1
         while live:
-            t = self._decide(last)
+            t = self._first_step() if last == -1 else None
+            if t is None:
+                t = self._decide(last)
             if t is None:
                 return
             self._cur = t
@@ -559,6 +561,33 @@ class Execution:
                 )
                 return
             last = t.tid
+
+    def _first_step(self) -> _Thread | None:
+        """The first step of a two-thread schedule whose first decision is replayed and was
+        checked before (:meth:`_yield`'s inline decision, at the start: both threads are at
+        their start, so both are enabled, and no thread ran before, so the default is the
+        lower-numbered one); None: :meth:`_decide` takes it."""
+        live = self._live
+        if not (
+            self._fast
+            and len(live) == 2
+            and self._fast_replay
+            and not self.steps
+            and self.step_budget >= 1
+        ):
+            return None
+        a, b = live
+        tid = self._replay[0]
+        u = a if tid == a.tid else b if tid == b.tid else None
+        if u is None or u.kind is not START or (a if u is b else b).kind is not START:
+            return None
+        self._calls = 1
+        self.replayed = 1
+        self.choices.append(tid)
+        self.defaults.append(u is a)
+        self.steps = 1
+        self.trace.append((tid, START, u.obj))
+        return u
 
     def _decide(self, last: int) -> _Thread | None:
         """One scheduling decision after ``last``'s step (-1: the first): invariant checks,
