@@ -20,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from qi_state import unit_state
 from sync_recorder import Recorder
 from vtdsim.driver import sync
 from vtdsim.driver.core import DomainType, Feature, IommuCore, IommuDomain
@@ -56,22 +57,6 @@ def _outcome(f: Callable[..., Any], *args: Any) -> object:
         return ("ok", f(*args))
     except Exception as e:  # the typed error is what is compared
         return (type(e).__name__, getattr(e, "errno", None), str(e))
-
-
-def _unit_state(k: Kernel) -> tuple[object, ...]:
-    unit = k.platform.units[0]
-    io = k.iommus[0]
-    mem = k.platform.memory
-    return (
-        dict(unit._regs),
-        unit._iq_head,
-        unit._iq_tail,
-        unit.statistics(),
-        mem.read(io.qi_desc, QI_LENGTH * 32),
-        mem.read(io.qi_status, 4096),
-        io._free_head,
-        sorted(io._qi_dirty_hi),
-    )
 
 
 def _memory(k: Kernel) -> dict[int, bytes]:
@@ -270,7 +255,7 @@ def _driver_state(k: Kernel) -> tuple[object, ...]:
     )
     return (
         _memory(k),
-        _unit_state(k),
+        unit_state(k),
         k.accounting(),
         k.audit(full=True),
         prog,
@@ -509,7 +494,7 @@ def test_tear_down_held_matches_the_reference(quirks: D.Quirks, caching_mode: bo
                     out.append(_outcome(P.intel_pasid_tear_down_entry, io, info, pasid, fpd))
                 else:
                     out.append(_outcome(_ref_tear_down_entry, io, info, pasid, fpd))
-        results.append((out, _memory(k), list(io.qi_trace), io.clflushes, _unit_state(k)))
+        results.append((out, _memory(k), list(io.qi_trace), io.clflushes, unit_state(k)))
     assert results[0] == results[1] == results[2] == results[3]
     assert len(results[0][2]) > 20
 
@@ -588,7 +573,7 @@ def test_one_descriptor_submission_matches_the_general_copy() -> None:
                 out.append(_outcome(io.qi_submit_sync, [io.desc_iotlb(2, 0, 0, 2 << 60)] * n))
                 continue
             out.append(_outcome(io.qi_submit_sync, (desc,)))
-        states.append((out, _unit_state(k)))
+        states.append((out, unit_state(k)))
     assert states[0] == states[1]
     kinds = {o[0] for o in states[0][0]}
     assert {"ok", "QiError", "ArgumentError"} <= kinds
@@ -670,7 +655,7 @@ def test_two_descriptor_fetch_matches_the_general_queue_loop() -> None:
             if step % 50 == 0:
                 out.append(dev.dma_read(0x1000, 4).ok)  # (re)creates cached translations
             unit.write32(R.ICS, 1)
-        states.append((out, irqs, _unit_state(k), mem.read(0x3F000000, 4096)))
+        states.append((out, irqs, unit_state(k), mem.read(0x3F000000, 4096)))
     assert states[0] == states[1]
     assert states[0][2][3].status_writes > 100 and states[0][2][3].invalid_descriptors > 10
 
@@ -841,7 +826,7 @@ def test_batched_submission_matches_the_slot_by_slot_copy_and_queue_loop() -> No
             elif r < 0.1:
                 descs.append((0x4, 0, 0, 0))  # an interrupt-entry-cache descriptor: invalid
             out.append(_outcome(io.qi_submit_sync, descs))
-        state = _unit_state(k)
+        state = unit_state(k)
         states.append((out, state[:6]))
     last = (QI_LENGTH - 1) * 32  # the forced-dirty slot: its qwords 2-3 may differ only
     (oa, sa), (ob, sb) = states

@@ -20,7 +20,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from vtdsim.driver.intel.dmar import QI_LENGTH
+from qi_state import unit_state
 from vtdsim.driver.kernel import Kernel
 from vtdsim.hw import iommu as H
 from vtdsim.hw.caches import IotlbEntry, PscEntry
@@ -604,22 +604,6 @@ _qword = st.one_of(
 )
 
 
-def _unit_state(k: Kernel) -> tuple[object, ...]:
-    unit = k.platform.units[0]
-    io = k.iommus[0]
-    mem = k.platform.memory
-    return (
-        dict(unit._regs),
-        unit._iq_head,
-        unit._iq_tail,
-        unit.statistics(),
-        mem.read(io.qi_desc, QI_LENGTH * 32),
-        mem.read(io.qi_status, 4096),
-        io._free_head,
-        sorted(io._qi_dirty_hi),
-    )
-
-
 @settings(max_examples=150, deadline=None)
 @given(st.lists(st.tuples(_qword, _qword, st.booleans()), min_size=1, max_size=20))
 def test_one_descriptor_copy_matches_the_general_copy(
@@ -639,7 +623,7 @@ def test_one_descriptor_copy_matches_the_general_copy(
         for d0, d1, valid in descs:
             desc = io.desc_pasid_cache(5, 3, 1) if valid else (d0, d1, 0, 0)
             out.append(_outcome(io.qi_submit_sync, (desc,)))
-        states.append((out, _unit_state(k)))
+        states.append((out, unit_state(k)))
     assert states[0] == states[1]
 
 

@@ -1423,6 +1423,14 @@ class Translator:
         self._drop_fast()
         return pc.invalidate(granularity, did=did, pasid=pasid)
 
+    def _iotlb_psc_empty(self) -> bool:
+        """Neither the IOTLB nor the paging-structure cache holds an entry (an unbounded or
+        disabled store keeps all of its entries in ``_all``) and nothing is derived from them
+        (the fast dict): a selective flush then drops nothing."""
+        iotlb = self.iotlb
+        psc = self.psc
+        return not (iotlb._all or psc._all or iotlb.bounded or psc.bounded or self._fast)
+
     def invalidate_iotlb(
         self,
         granularity: str,
@@ -1435,25 +1443,15 @@ class Translator:
         paging-structure-cache entries too, except for a page-selective flush with IH set."""
         if granularity == "page":
             return self.invalidate_iotlb_page(did, addr, am, ih)
-        iotlb = self.iotlb
-        psc = self.psc
-        if (
-            granularity == "domain"
-            and did is not None
-            and not iotlb._all
-            and not psc._all
-            and not iotlb.bounded
-            and not psc.bounded
-            and not self._fast
-        ):
+        if granularity == "domain" and did is not None and self._iotlb_psc_empty():
             # Nothing cached in either store, nothing derived: the domain-selective flush
             # (VT-d 6.5.2.3; the teardown's iotlb_invalidation_with_pasid DSI and Linux
             # flush_iotlb_dsi) drops nothing and counts 0 in both, as the calls below would
             # (their only check, a DID, holds).  tests/test_perf_qi.py pins it to them.
             return 0
         self._drop_fast()
-        n = iotlb.invalidate(granularity, did=did, addr=addr, am=am)
-        psc.invalidate(granularity, did=did, addr=addr, am=am)
+        n = self.iotlb.invalidate(granularity, did=did, addr=addr, am=am)
+        self.psc.invalidate(granularity, did=did, addr=addr, am=am)
         return n
 
     def invalidate_iotlb_page(self, did: int | None, addr: int, am: int, ih: bool) -> int:
@@ -1477,24 +1475,15 @@ class Translator:
         ih: bool = False,
     ) -> int:
         """PASID-based IOTLB invalidation: "pasid" (all of one PASID) or "page"."""
-        iotlb = self.iotlb
-        psc = self.psc
-        if (
-            granularity == "pasid"
-            and not iotlb._all
-            and not psc._all
-            and not iotlb.bounded
-            and not psc.bounded
-            and not self._fast
-        ):
+        if granularity == "pasid" and self._iotlb_psc_empty():
             # Nothing cached, nothing derived: the PASID-selective P_IOTLB flush (VT-d 6.5.2.4;
             # the teardown's for PT/first-level entries) checks nothing and drops nothing in
             # either store.  tests/test_perf_qi.py pins it to the calls below.
             return 0
         self._drop_fast()
-        n = iotlb.invalidate_pasid(granularity, did, pasid, addr=addr, am=am)
+        n = self.iotlb.invalidate_pasid(granularity, did, pasid, addr=addr, am=am)
         if not (granularity == "page" and ih):
-            psc.invalidate_pasid(granularity, did, pasid, addr=addr, am=am)
+            self.psc.invalidate_pasid(granularity, did, pasid, addr=addr, am=am)
         return n
 
     def invalidate_all(self) -> None:
