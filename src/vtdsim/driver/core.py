@@ -292,6 +292,22 @@ class IommuCore:
             raise IommuError(errno.ENODEV, f"device {dev!r} is not managed by this IOMMU core")
         return st
 
+    def _aux_args(self, domain: object, dev: Any) -> tuple[IommuDomain, DeviceState]:
+        """``_domain(domain)`` and ``device_state(dev)`` for the aux calls, without their
+        calls when the domain is a live one of this core and ``dev`` a probed device object
+        (what they accept without raising); anything else goes through them (the same
+        checks, the same errors)."""
+        try:
+            live = domain in self._domains
+        except TypeError:  # unhashable: certainly not a domain (_domain raises)
+            live = False
+        # (a name is never a registered object: its id() finds nothing, device_state decides)
+        st = self._devices.get(id(dev)) if live else None
+        if st is None:
+            return self._domain(domain), self.device_state(dev)
+        assert isinstance(domain, IommuDomain)
+        return domain, st
+
     @property
     def devices(self) -> list[Any]:
         return [st.dev for st in self._devices.values()]
@@ -575,19 +591,9 @@ class IommuCore:
     def aux_attach_device(self, domain: IommuDomain, dev: Any) -> None:
         """``iommu_aux_attach_device``: attach ``domain`` to ``dev`` at the domain's default
         PASID (the driver allocates it; read it back with :meth:`aux_get_pasid`)."""
-        # Hot path: a live domain of this core and a probed device object (what _domain and
-        # device_state accept without raising), then _begin2 inlined; else the checking calls.
-        try:
-            live = domain in self._domains
-        except TypeError:  # unhashable: certainly not a domain
-            live = False
-        # (a name is never a registered object: its id() finds nothing, device_state decides)
-        st = self._devices.get(id(dev)) if live else None
-        if st is None:
-            d = self._domain(domain)
-            st = self.device_state(dev)
-        else:
-            d = domain
+        # Hot path: _aux_args, then _begin2 and _end2_locked inlined (measured: calling them
+        # costs ~5% of an aux attach/detach cycle).
+        d, st = self._aux_args(domain, dev)
         inflight = self._inflight
         kd = id(d)
         ks = id(st)
@@ -632,18 +638,8 @@ class IommuCore:
     def aux_detach_device(self, domain: IommuDomain, dev: Any) -> None:
         """``iommu_aux_detach_device``.  Linux silently ignores a domain that is not
         aux-attached; the model raises ``-EINVAL``."""
-        # Hot path as in aux_attach_device: the checks _domain/device_state would pass.
-        try:
-            live = domain in self._domains
-        except TypeError:
-            live = False
-        # (a name is never a registered object: its id() finds nothing, device_state decides)
-        st = self._devices.get(id(dev)) if live else None
-        if st is None:
-            d = self._domain(domain)
-            st = self.device_state(dev)
-        else:
-            d = domain
+        # Hot path as in aux_attach_device.
+        d, st = self._aux_args(domain, dev)
         n = st.aux.get(d, 0)
         if n == 0:
             raise IommuError(errno.EINVAL, f"domain {d!r} is not aux-attached to {st.name}")
@@ -691,20 +687,7 @@ class IommuCore:
 
     def aux_get_pasid(self, domain: IommuDomain, dev: Any) -> int:
         """``iommu_aux_get_pasid``: ``-EINVAL`` if the domain has no default PASID."""
-        # _domain(domain) and device_state(dev) inlined for a live domain and a probed device
-        # object; anything else goes through them (the same checks, the same errors)
-        try:
-            live = domain in self._domains
-        except TypeError:  # unhashable: certainly not a domain (_domain raises)
-            live = False
-        if live:
-            assert isinstance(domain, IommuDomain)
-            d = domain
-        else:
-            d = self._domain(domain)
-        st = None if isinstance(dev, str) else self._devices.get(id(dev))
-        if st is None:
-            st = self.device_state(dev)
+        d, st = self._aux_args(domain, dev)
         return self.ops.aux_get_pasid(d, st.dev)
 
     # -- PASID attach (v6.2+) ------------------------------------------------------------------
