@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from qi_state import unit_state
 from vtdsim.driver.core import Feature
 from vtdsim.driver.intel import pasid as P
 from vtdsim.driver.intel.dmar import QI_LENGTH, QiError
@@ -187,20 +188,6 @@ def test_ats_range_bit_trick_matches_the_loop() -> None:
             assert ats_range(a, s) == _ats_range_loop(a, s), hex(a)
 
 
-def _unit_state(k: Kernel) -> tuple[object, ...]:
-    unit = k.platform.units[0]
-    io = k.iommus[0]
-    mem = k.platform.memory
-    return (
-        dict(unit._regs),
-        unit._iq_head,
-        unit._iq_tail,
-        unit.statistics(),
-        mem.read(io.qi_desc, QI_LENGTH * 32),
-        mem.read(io.qi_status, 4096),
-    )
-
-
 def test_iqt_fast_path_matches_tail_moved_on_random_sequences() -> None:
     """_iqt_written inlines _tail_moved: random submissions (valid, invalid, reserved bits),
     raw IQT writes (misaligned, beyond the queue, upper dword) and IQE recovery leave the
@@ -248,7 +235,7 @@ def test_iqt_fast_path_matches_tail_moved_on_random_sequences() -> None:
                     trace.append(unit.read32(DMAR_FSTS_REG))
             except QiError as e:
                 trace.append((e.errno, str(e)))
-        states.append((trace, _unit_state(k)))
+        states.append((trace, unit_state(k)))
     assert states[0] == states[1]
 
 
@@ -462,7 +449,7 @@ def test_iqt_fast_path_follows_a_tail_moved_by_an_interrupt_handler() -> None:
         put(head, io.desc_iotlb(4, 0, 0, 2 << 60)[0], 0)
         put(head + 1, 0x5 | H._W_IF | H._W_SW | 7 << H._W_SDATA_SH, status)
         unit.write32(DMAR_IQT_REG, ((head + 2) % QI_LENGTH) << 5)
-        results.append((seen, _unit_state(k)))
+        results.append((seen, unit_state(k)))
     assert results[0] == results[1]
     assert len(results[0][0]) == 3
 
