@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from qi_state import unit_state
+from sync_recorder import Recorder
 from vtdsim.driver.core import Feature
 from vtdsim.driver.intel import pasid as P
 from vtdsim.driver.intel.dmar import QI_LENGTH, QiError
@@ -504,30 +505,9 @@ def test_spinlock_with_statement_matches_acquire_release() -> None:
         assert len(errs) == 1 and lock.owner == threading.get_ident()
         lock.release()
 
-    class Rec:
-        def __init__(self) -> None:
-            self.log: list[tuple[str, str]] = []
-
-        def acquire(self, lock: sync.SpinLock) -> None:
-            self.log.append(("acquire", lock.name))
-            lock.owner = "T"
-
-        def release(self, lock: sync.SpinLock) -> None:
-            self.log.append(("release", lock.name))
-            lock.owner = None
-
-        def access(self, label: str, key: object, write: bool) -> None:
-            self.log.append(("access", label))
-
-        def point(self, label: str) -> None:
-            self.log.append(("point", label))
-
-        def ident(self) -> object:
-            return "T"
-
     logs = []
     for use_with in (False, True):
-        b = Rec()
+        b = Recorder()
         lock = sync.SpinLock("m")
         with sync.installed(b):
             if use_with:
