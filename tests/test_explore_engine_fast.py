@@ -24,8 +24,9 @@ from typing import Any
 import pytest
 
 from vtdsim.driver import sync
-from vtdsim.explore import get_workload, strategies
-from vtdsim.explore.base import Workload
+from vtdsim.explore import explore, get_workload, scheduler, strategies
+from vtdsim.explore.base import ThreadFn, Workload
+from vtdsim.explore.invariants import Invariant
 from vtdsim.explore.scheduler import _STOP, ACQUIRE, Execution, Runner, _Abort, _Thread
 from vtdsim.explore.strategies import DfsChooser, Segment, _Dfs
 
@@ -517,3 +518,110 @@ def test_dfs_path_stays_in_step_with_the_stack(name: str, bound: int | None, por
     seg = dfs.run(Segment(), False, None)
     assert seen == seg.schedules + seg.pruned > 1
     assert dfs.path == [n.cands[n.idx] for n in dfs.stack]
+
+
+def _locks_held_by(world: Any, tid: int) -> int:
+    return sum(1 for lk in (world["a"], world["b"]) if lk.owner == tid)
+
+
+@pytest.mark.parametrize("explicit", [False, True])
+def test_per_thread_held_counts_follow_lock_ownership(explicit: bool) -> None:
+    """Each thread's ``held`` (which a finishing thread consults instead of the trace) equals
+    the locks it owns after every step; ``Execution.held`` is their sum."""
+    seen: list[tuple[int, ...]] = []
+
+    def check(world: Any) -> list[str]:
+        ex = scheduler._running
+        assert ex is not None
+        counts = tuple(t.held for t in ex.threads)
+        seen.append(counts)
+        owned = tuple(_locks_held_by(world, t.tid) for t in ex.threads)
+        if counts != owned or ex.held != sum(owned):
+            return [f"held {counts} (sum {ex.held}) but owned {owned}"]
+        return []
+
+    class Counted(_Toy):
+        def invariants(self) -> Sequence[Invariant]:
+            return [Invariant("held-count", check, when="step", quiescent=False)]
+
+    r = explore(Counted(3, 2, explicit=explicit), "pb", bound=2)
+    assert r.first_bug is None, r.first_bug
+    assert any(sum(c) for c in seen) and any(not sum(c) for c in seen)
+
+
+def test_a_thread_finishing_while_another_holds_a_lock_is_no_bug() -> None:
+    """Only the finishing thread's own locks count as held at its exit."""
+
+    class Holder(Workload):
+        name = "engine-fast-holder"
+
+        def setup(self) -> Any:
+            return {"a": sync.SpinLock("a"), "b": sync.SpinLock("b")}
+
+        def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
+            def long() -> None:
+                with w["a"]:
+                    for _ in range(3):
+                        sync.point("inside")
+
+            return [("long", long), ("short", lambda: sync.point("p"))]
+
+    r = explore(Holder(), "dfs")
+    assert r.first_bug is None and r.exhausted and r.schedules > 1
+
+
+def test_unwinding_a_thread_that_holds_locks_frees_them() -> None:
+    """A schedule ending while a thread is inside critical sections: its ``with`` exit
+    releases through the unwinder, a lock taken by a bare ``acquire()`` is freed by the
+    engine; every schedule starts with every lock free."""
+    starts: list[tuple[bool, bool]] = []
+    at_failure: list[int] = []
+
+    class Aborted(Workload):
+        name = "engine-fast-aborted"
+
+        def setup(self) -> Any:
+            return {"a": sync.SpinLock("a"), "b": sync.SpinLock("b")}
+
+        def threads(self, w: Any) -> Sequence[tuple[str, ThreadFn]]:
+            starts.append((w["a"].owner is None, w["b"].owner is None))
+
+            def holder() -> None:
+                w["b"].acquire()  # explicit: not released when unwound
+                with w["a"]:
+                    sync.point("inside")
+                w["b"].release()
+
+            def failer() -> None:
+                sync.point("before")
+                ex = scheduler._running
+                assert ex is not None
+                at_failure.append(ex.threads[0].held)
+                raise RuntimeError("boom")
+
+            return [("holder", holder), ("failer", failer)]
+
+    runner = Runner(Aborted())
+    runner.fresh_world()
+    ends: list[tuple[object, object]] = []
+    after: list[int] = []  # the holder's count after the schedule
+    orig = runner.execute
+
+    def execute(chooser: Any) -> Any:
+        out = orig(chooser)
+        w = runner._world
+        ends.append((w["a"].owner, w["b"].owner))
+        after.append(out.ex.threads[0].held)
+        return out
+
+    runner.execute = execute  # type: ignore[method-assign]
+    seg = _Dfs(runner, bound=None, por=False).run(Segment(), False, None)
+    assert seg.schedules == len(ends) > 2 and seg.bugs
+    assert sorted(set(at_failure)) == [0, 1, 2]  # failed outside, inside b, inside both
+    assert all(e == (None, None) for e in ends)
+    # unwinding leaves ``b`` (never released) counted; the unwinder's release of ``a`` is
+    # counted when the holder was suspended inside ``with a`` (not at its release)
+    pairs = list(zip(at_failure, after, strict=True))
+    assert all(min(n, 1) <= a <= n for n, a in pairs)
+    assert (2, 1) in pairs
+    assert all(s == (True, True) for s in starts)

@@ -154,6 +154,7 @@ class _Thread:
         "error",
         "fn",
         "glet",
+        "held",
         "kind",
         "main",
         "name",
@@ -177,6 +178,8 @@ class _Thread:
         self.result: object = None
         self.error: BaseException | None = None
         self.tb: str | None = None
+        #: locks this thread holds (acquired by a scheduled step, not yet released)
+        self.held = 0
 
 
 class Outcome:
@@ -278,6 +281,18 @@ class Execution:
     #: the initial world already passed the step invariants (it is the same snapshot every
     #: schedule): the check before the first step is skipped (set by the Runner)
     initial_checked = False
+    # Counters and rarely used state start as class defaults too (an instance attribute from
+    # the first assignment on): an Execution is made per schedule.
+    preemptions = 0
+    steps = 0
+    _calls = 0
+    #: leading decisions taken by the engine from the chooser's ``replay`` (see ``_replay``)
+    replayed = 0
+    _cur: _Thread | None = None
+    #: object numbering of :meth:`op_signature` (made on first use), and the numbered
+    #: objects, kept alive (their ids stay unique; made on first use)
+    _objnum: dict[Any, int] | None = None
+    _keep: list[object] | None = None
 
     def __init__(
         self,
@@ -304,18 +319,13 @@ class Execution:
         self.step_budget = step_budget
         self.choices: list[int] = []
         self.defaults: list[bool] = []
-        self.preemptions = 0
-        self.steps = 0
-        self.held = 0
         self.trace: list[tuple[int, str, Any]] = []
-        self._cur: _Thread | None = None
         self._main: Any = None
         self._live: list[_Thread] = []
         self._inline = not getattr(chooser, "every_step", False)
         #: decisions (chooser calls) whose state was already checked in an earlier execution
         #: of the same prefix (see :attr:`Chooser.checked_prefix`): their checks are skipped
         self.checked_prefix = int(getattr(chooser, "checked_prefix", 0))
-        self._calls = 0
         #: choices of the leading decisions, taken by the engine without calling the chooser
         #: (the DFS's replayed prefix, :attr:`DfsChooser.replay`); ``replayed`` counts them
         self._replay: Sequence[int] = getattr(chooser, "replay", ())
@@ -327,11 +337,15 @@ class Execution:
         self._fast_replay = (
             min(len(self._replay), self.checked_prefix) if step_invariants else len(self._replay)
         )
-        self.replayed = 0
-        #: object numbering of :meth:`op_signature` (made on first use), and the numbered
-        #: objects, kept alive (their ids stay unique)
-        self._objnum: dict[Any, int] | None = None
-        self._keep: list[object] = []
+
+    @property
+    def held(self) -> int:
+        """Locks held by the logical threads (each thread counts its own: a finishing thread
+        then knows whether it holds any without looking through the trace)."""
+        n = 0
+        for t in self.threads:
+            n += t.held
+        return n
 
     # -- SyncBackend -----------------------------------------------------------------------------
 
@@ -351,7 +365,7 @@ class Execution:
         self._yield(t)
         # scheduled: the scheduler only picks us when the lock is free
         lock.owner = t.tid
-        self.held += 1
+        t.held += 1
 
     def release(self, lock: SpinLock) -> None:
         # release_checks_owner: the ownership check of SpinLock.release, here (no ident() call)
@@ -371,7 +385,7 @@ class Execution:
         t.obj = lock
         self._yield(t)
         lock.owner = None
-        self.held -= 1
+        t.held -= 1
 
     def allocated(self, kind: str, value: int, owner: object, scope: object = None) -> None:
         """An allocator handed out ``value`` (:func:`sync.allocated`; not a scheduling point):
@@ -552,7 +566,7 @@ class Execution:
                 self.bug_tb = t.tb
                 self._bug(kind, exception_bug_name(e), f"thread {t.name}: {e}")
                 return
-            held = [lk.name for lk in self._acquired() if lk.owner == t.tid] if self.held else ()
+            held = [lk.name for lk in self._acquired() if lk.owner == t.tid] if t.held else ()
             if held:
                 self._bug(
                     "invariant",
@@ -728,13 +742,15 @@ class Execution:
 
     def _num(self, key: Any, obj: object) -> int:
         objnum = self._objnum
-        if objnum is None:
+        keep = self._keep
+        if objnum is None or keep is None:
             objnum = self._objnum = {}
+            keep = self._keep = []
         n = objnum.get(key)
         if n is None:
             n = len(objnum)
             objnum[key] = n
-            self._keep.append(obj)
+            keep.append(obj)
         return n
 
     def op_signature(self, tid: int) -> tuple[str, int]:
@@ -796,8 +812,9 @@ class _Unwinder:
         raise _Abort
 
     def release(self, lock: SpinLock) -> None:
-        if lock.owner is not None and lock.owner != _MAIN:
-            self.ex.held -= 1
+        owner = lock.owner
+        if type(owner) is int and owner != _MAIN:  # held by a logical thread: its tid
+            self.ex.threads[owner].held -= 1
         lock.owner = None
 
     def access(self, label: str, key: object, write: bool) -> None:
