@@ -152,6 +152,20 @@ class Frozen:
     n: int = 3
 
 
+class Sealed:
+    """Attributes fixed at construction (``_snapshot_frozen``), as vtdsim.hw.walk.Walker."""
+
+    _snapshot_frozen = True
+
+    def __init__(self) -> None:
+        self.items = [4, 5]
+        self.n = 2
+
+
+class SealedChild(Sealed):
+    """A subclass that does not declare it again: its attributes are recorded."""
+
+
 class Node:
     def __init__(self, name: str, child: Node | None = None) -> None:
         self.name = name
@@ -176,6 +190,8 @@ class World:
         self.guarded = Guarded()
         self.private = Private()
         self.frozen = Frozen([7, 8])
+        self.sealed = Sealed()
+        self.sealed_child = SealedChild()
         self.chain = Node("n0", Node("n1", Node("n2")))
         self.mem = PhysicalMemory(1 << 24)
         self.mem.write64(0x1000, 0x1111)
@@ -240,6 +256,8 @@ def _mutations(w: World) -> dict[str, Callable[[], object]]:
         "private slot replaced": lambda: w.private.poke(),
         "slot with __setattr__ guard": lambda: object.__setattr__(w.guarded, "v", 6),
         "frozen dataclass: held list": lambda: w.frozen.items.append(9),
+        "sealed object: held list": lambda: w.sealed.items.append(9),
+        "subclass of a sealed class: attribute": lambda: setattr(w.sealed_child, "n", 7),
         "instance attribute changed": lambda: setattr(w, "counter", 1),
         "instance attribute added": new_attribute,
         "nested object changed": lambda: setattr(w.chain.child.child, "name", "x"),  # type: ignore[union-attr]
@@ -341,6 +359,10 @@ def test_both_dict_paths_are_exercised() -> None:
     # a frozen dataclass's own fields are not recorded; what it holds is
     assert not any(d is vars(w.frozen) for d in snap._cold + snap._big_live)
     assert any(lst is w.frozen.items for lst in snap._cold)
+    # so are a ``_snapshot_frozen`` class's (not its undeclared subclass's)
+    assert not any(d is vars(w.sealed) for d in snap._cold + snap._big_live)
+    assert any(lst is w.sealed.items for lst in snap._cold)
+    assert any(d is vars(w.sealed_child) for d in snap._cold + snap._big_live)
     # once changed, the guarded object is set back through ``object.__setattr__``
     object.__setattr__(w.guarded, "v", 6)
     snap.restore()

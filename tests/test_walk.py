@@ -11,6 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from hw_tables import BEYOND, Nested, Tables, sm_sl_setup
+from vtdsim.explore.snapshot import GraphSnapshot
 from vtdsim.hw.caps import CacheGeometry, Capabilities
 from vtdsim.hw.translate import Translation, TranslationFault
 from vtdsim.hw.walk import (
@@ -396,3 +397,19 @@ def test_property_fl_mapping(mapping: dict[int, int]) -> None:
         assert r.ok and r.address == (pfn << 12) | 0x10
         w = t.unit.translate(SID, vpn << 12, pasid=5, write=True)
         assert w.ok == bool(vpn & 2)
+
+
+def test_walker_is_immutable_once_built() -> None:
+    """The explorer's snapshot does not record a walker's attributes (``_snapshot_frozen``):
+    the walker refuses to change them, and a world snapshot holds none of its dicts."""
+    t, _, _sl = sm_sl_setup(Capabilities())
+    w: Walker = t.tr.walker
+    with pytest.raises(AttributeError, match=r"'sl_rw'.*immutable"):
+        w.sl_rw = 0
+    with pytest.raises(AttributeError, match="immutable"):
+        w.extra = 1  # type: ignore[attr-defined]
+    assert w.sl_rw == w.sl_r | w.sl_w and not hasattr(w, "extra")
+    snap = GraphSnapshot(t.unit)
+    recorded = snap._cold + snap._big_live
+    assert not any(d is vars(w) for d in recorded)
+    assert any(d is w.sl_level for d in recorded)  # what it holds is still recorded

@@ -59,7 +59,11 @@ per object:
   the pages created since.
 * **Frozen dataclasses** (the class itself declared ``frozen=True``: capability and
   cache-geometry records) cannot be assigned to, so their own fields are not recorded (the
-  values they hold still are, if mutable); nor are :mod:`vtdsim.spec` declarations.
+  values they hold still are, if mutable); nor are :mod:`vtdsim.spec` declarations.  A class
+  whose own body sets ``_snapshot_frozen = True`` is treated the same way: it promises that
+  its attributes are fixed at construction and refuses assignment afterwards
+  (:class:`vtdsim.hw.walk.Walker`, whose 64 masks derived from the capabilities made two of
+  the 27 big dicts: ~1.5 us per restore).
 * **Bytearrays** (other than pages) are compared with their saved bytes (``memcmp``) and copied
   back through a ``memoryview`` (``b[:] = saved`` reallocates an unexported 64 KiB buffer:
   ~25 us); they, numpy arrays, ``random.Random`` objects (restored only when their state moved:
@@ -168,9 +172,13 @@ def _slot_names(cls: type) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _frozen_dataclass(cls: type) -> bool:
-    """Instances of ``cls`` cannot be assigned to: ``cls`` itself is a frozen dataclass (a
-    plain subclass of one may add assignable attributes, so it does not count)."""
+def _frozen(cls: type) -> bool:
+    """Instances of ``cls`` cannot be assigned to: ``cls`` itself is a frozen dataclass, or its
+    own body sets ``_snapshot_frozen = True`` (attributes fixed at construction, assignment
+    refused afterwards).  A plain subclass of either may add assignable attributes, so it does
+    not count."""
+    if cls.__dict__.get("_snapshot_frozen") is True:
+        return True
     params = cls.__dict__.get("__dataclass_params__")
     return params is not None and bool(getattr(params, "frozen", False))
 
@@ -265,7 +273,7 @@ class GraphSnapshot:
                 continue
             frozen = frozen_cache.get(cls)
             if frozen is None:
-                frozen = frozen_cache[cls] = _frozen_dataclass(cls)
+                frozen = frozen_cache[cls] = _frozen(cls)
             d = getattr(obj, "__dict__", None)
             if d is not None:
                 if not frozen:

@@ -378,7 +378,23 @@ def _level_masks(
 
 
 class Walker:
-    """The page walker of one remapping unit (built once from its memory and capabilities)."""
+    """The page walker of one remapping unit (built once from its memory and capabilities).
+
+    Immutable once built: every attribute is fixed by ``__init__`` (masks derived from the
+    capabilities, the fast path), and assigning one afterwards raises ``AttributeError``.  The
+    explorer's snapshot relies on it (``_snapshot_frozen``: it does not record the walker's
+    attributes, :mod:`vtdsim.explore.snapshot`)."""
+
+    _snapshot_frozen = True
+    _sealed = False
+
+    def __setattr__(self, name: str, value: object) -> None:
+        if self._sealed:
+            raise AttributeError(
+                f"Walker attribute {name!r}: a walker is immutable once built (its masks "
+                "follow the unit's capabilities); build a new Walker instead"
+            )
+        object.__setattr__(self, name, value)
 
     def __init__(self, memory: PhysicalMemory, caps: Capabilities) -> None:
         self.memory = memory
@@ -484,6 +500,7 @@ class Walker:
         }
         #: The uncached scalable-mode hot path (see :meth:`_build_fast_sm`).
         self.fast_sm: FastSm = self._build_fast_sm()
+        self._sealed = True
 
     # -- context ---------------------------------------------------------------------------------
 
