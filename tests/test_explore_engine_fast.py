@@ -625,3 +625,25 @@ def test_unwinding_a_thread_that_holds_locks_frees_them() -> None:
     assert all(min(n, 1) <= a <= n for n, a in pairs)
     assert (2, 1) in pairs
     assert all(s == (True, True) for s in starts)
+
+
+def test_worker_pools_belong_to_the_scheduling_greenlet() -> None:
+    """Idle workers are pooled on the greenlet that runs the schedules (they are its
+    children): an exploration run inside another greenlet gets its own workers, and both
+    give the same results."""
+    from greenlet import getcurrent, greenlet
+
+    def search() -> tuple[int, int, list[str]]:
+        r = explore(_Toy(2, 2), "pb", bound=1)
+        return r.schedules, r.steps, [str(b) for b in r.bugs]
+
+    main = getcurrent()
+    here = search()
+    pool = list(getattr(main, "_vtdsim_idle", []))
+    assert pool and all(g.parent is main and not g.dead for g in pool)
+    inner = greenlet(search)
+    assert inner.switch() == here
+    inner_pool = inner._vtdsim_idle  # the finished greenlet's own pool
+    assert inner_pool and all(g not in pool for g in inner_pool)
+    assert search() == here
+    assert len(getattr(main, "_vtdsim_idle", [])) == len(pool)

@@ -183,38 +183,45 @@ class _Thread:
 
 
 class Outcome:
-    """What one schedule did (internal; strategies turn it into reports)."""
+    """What one schedule did (internal; strategies turn it into reports).  The counts and the
+    bug are copied (strategies may rewrite the bug: ``_ended_early``); the rest is read from
+    the execution when asked for."""
 
     __slots__ = (
         "bug_kind",
         "bug_message",
         "bug_name",
         "choices",
-        "decisions",
         "defaults",
-        "diverged",
         "ex",
         "preemptions",
         "pruned",
-        "results",
         "steps",
-        "tb",
     )
 
     def __init__(self, ex: Execution) -> None:
         self.ex = ex
         self.choices: list[int] = ex.choices
         self.defaults: list[bool] = ex.defaults
-        self.decisions = len(ex.choices)
         self.preemptions = ex.preemptions
         self.steps = ex.steps
         self.pruned = ex.pruned
         self.bug_kind: str | None = ex.bug_kind
         self.bug_name = ex.bug_name
         self.bug_message = ex.bug_message
-        self.tb = ex.bug_tb
-        self.diverged: str | None = None
-        self.results = [t.result for t in ex.threads]
+
+    @property
+    def decisions(self) -> int:
+        return len(self.choices)
+
+    @property
+    def results(self) -> list[object]:
+        """Each thread's return value (None for one that did not finish)."""
+        return [t.result for t in self.ex.threads]
+
+    @property
+    def tb(self) -> str | None:
+        return self.ex.bug_tb
 
     @property
     def failed(self) -> bool:
@@ -532,7 +539,8 @@ class Execution:
             if self.held:  # (0: every acquisition by a thread was released)
                 for lock in self._acquired():
                     lock.owner = None
-            _give_back([t.glet for t in self.threads if t.done or not t.started])
+            # (a worker still inside a task is dropped: it did not come back to the scheduler)
+            _give_back(main, [t.glet for t in self.threads if t.done or not t.started])
         return self
 
     def _loop(self, live: list[_Thread]) -> None:
@@ -849,35 +857,36 @@ def _worker(t: _Thread) -> None:
         t = t.main.switch(t)
 
 
-_pool = threading.local()
+#: the most idle workers a scheduler greenlet keeps (more are dropped)
+_POOL_MAX = 16
 
 
 def _take_workers(main: Any, n: int) -> list[Any]:
-    """``n`` idle worker greenlets of this OS thread (made children of ``main``), taken out of
-    the thread's pool until :func:`_give_back`."""
-    free: list[Any] | None = getattr(_pool, "free", None)
+    """``n`` idle worker greenlets, children of ``main`` (the greenlet running the schedule),
+    taken out of ``main``'s pool until :func:`_give_back`.  The pool lives on ``main`` itself:
+    a greenlet switches only within its OS thread, and its pool holds only its own parked
+    children (finished their task, or never started), so no worker needs checking here."""
+    free: list[Any] | None = getattr(main, "_vtdsim_idle", None)
     if free is None:
-        free = []
-        _pool.free = free
-    out: list[Any] = []
-    while free and len(out) < n:
-        g = free.pop()
-        if g.dead:
-            continue
-        if g.parent is not main:
-            g.parent = main
-        out.append(g)
+        free = main._vtdsim_idle = []
+    k = len(free)
+    if k >= n:
+        out = free[k - n :]
+        del free[k - n :]
+        return out
+    out = free[:]
+    free.clear()
     while len(out) < n:
         out.append(greenlet(_worker, main))
     return out
 
 
-def _give_back(workers: list[Any]) -> None:
-    """Return idle workers to the pool (a worker still inside a task is dropped)."""
-    free: list[Any] = _pool.free
-    for g in workers:
-        if not g.dead and len(free) < 16:
-            free.append(g)
+def _give_back(main: Any, workers: list[Any]) -> None:
+    """Return idle workers (parked children of ``main``) to its pool."""
+    free: list[Any] = main._vtdsim_idle
+    room = _POOL_MAX - len(free)
+    if room > 0:
+        free.extend(workers[:room])
 
 
 _running: Execution | None = None
