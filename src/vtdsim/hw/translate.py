@@ -104,7 +104,8 @@ __all__ = ["Translation", "TranslationFault", "Translator", "UnitLike"]
 
 _ALL = PERM_R | PERM_W | PERM_X | PERM_SR | PERM_SW | PERM_SX
 _INTR_LO, _INTR_HI = INTERRUPT_RANGE
-_PASID_LIMIT = 1 << 20
+_PASID_BITS = 20
+_PASID_LIMIT = 1 << _PASID_BITS
 _Fill = tuple[int, int, int]  # (level, table, accumulated R/W) of a table a walk met
 _PscPair = tuple[tuple[int, int | None, int, int, int], PscEntry]  # PSC key and entry
 _MEMO_MAX = 4096  # entries per memo of the cold path (Translator._build_cold)
@@ -344,25 +345,26 @@ def _ok_table(exe_ok: bool) -> tuple[tuple[int, ...], tuple[int, ...]]:
 
 def _read_groups(
     log: list[tuple[int, int, int]],
-) -> tuple[tuple[int, int, int, int | memoryview], ...]:
-    """The reads of a :class:`_ReadLog` as ``(pfn, i, -1, qword)`` for a single qword and
-    ``(pfn, i, j, qwords)`` (a ``'Q'`` memoryview of a copy) for a run of consecutive qwords
-    ``i..j-1`` of one page read one after the other, in the order of the first read of each:
-    all of them hold exactly when every read of the log gives its value again."""
+) -> tuple[tuple[int, int | slice, int | memoryview], ...]:
+    """The reads of a :class:`_ReadLog` as ``(pfn, i, qword)`` for a single qword and
+    ``(pfn, slice(i, j), qwords)`` (a ``'Q'`` memoryview of a copy) for a run of consecutive
+    qwords ``i..j-1`` of one page read one after the other, in the order of the first read of
+    each: all of them hold (``page[i_or_slice] == value``) exactly when every read of the log
+    gives its value again."""
     runs: list[tuple[int, int, list[int]]] = []
     for pfn, i, v in log:
         if runs and runs[-1][0] == pfn and runs[-1][1] + len(runs[-1][2]) == i:
             runs[-1][2].append(v)
         else:
             runs.append((pfn, i, [v]))
-    out: list[tuple[int, int, int, int | memoryview]] = []
+    out: list[tuple[int, int | slice, int | memoryview]] = []
     for pfn, i, vals in runs:
         if len(vals) == 1:
-            out.append((pfn, i, -1, vals[0]))
+            out.append((pfn, i, vals[0]))
         else:
             ref = memoryview(bytearray(8 * len(vals))).cast("Q")
             ref[:] = array("Q", vals)
-            out.append((pfn, i, i + len(vals), ref))
+            out.append((pfn, slice(i, i + len(vals)), ref))
     return tuple(out)
 
 
@@ -472,10 +474,10 @@ class Translator:
                 and not x
                 and unit.ttm == 1
                 and type(sid) is int
-                and 0 <= sid <= 0xFFFF
+                and not sid >> 16  # 0 <= sid <= 0xFFFF (a negative int shifts to -1)
                 and type(addr) is int
-                and 0 <= addr <= _U64
-                and (pasid is None or (type(pasid) is int and 0 <= pasid < _PASID_LIMIT))
+                and not addr >> 64  # 0 <= addr < 2^64
+                and (pasid is None or (type(pasid) is int and not pasid >> _PASID_BITS))
             ):
                 r = cold(unit.root_table_address, sid, addr, pasid, w, priv)
                 if r is not None:
@@ -1204,7 +1206,8 @@ class Translator:
             if type(r) is Translation:
                 if d[9] or len(fast) != (fent is not None):
                     return r  # (cannot happen: a translation records no fault)
-                res = (True, r.address, r._p, None if fent is None else tuple(fent[:4]))
+                # the fast-dict entry as the walk left it (TTM 01, no hits yet), and its key
+                res = (True, r.address, r._p, fkey, None if fent is None else list(fent))
             else:
                 assert isinstance(r, TranslationFault)
                 if d[9] != 1 or fast:
@@ -1218,10 +1221,13 @@ class Translator:
                 records.clear()
             replay_memo[key] = (
                 _read_groups(log),
-                tuple(cc_all.items()),
-                tuple(pc_all.items()),
-                tuple(io_all.items()),
-                tuple(psc_all.items()),
+                # the fills as dicts (in fill order): updating an empty dict from a dict
+                # copies its table without hashing the tuple keys again (~2x faster than
+                # from pairs)
+                dict(cc_all),
+                dict(pc_all),
+                dict(io_all),
+                dict(psc_all),
                 d[1],
                 d[3],
                 d[5],
@@ -1252,11 +1258,17 @@ class Translator:
                 rkey = (rta, sid, addr, pasid, write, priv)
                 rm = replay_memo.get(rkey)
                 if rm is not None:
-                    for pfn, i, j, v in rm[0]:
-                        pg = q.get(pfn)
-                        if pg is None or (pg[i] != v if j < 0 else pg[i:j] != v):
-                            break
-                    else:
+                    # every read gives its qword(s) again (_read_groups; i: an index or a
+                    # slice); a page no longer materialised (KeyError) is a difference
+                    same = True
+                    try:
+                        for pfn, i, v in rm[0]:
+                            if q[pfn][i] != v:
+                                same = False
+                                break
+                    except KeyError:
+                        same = False
+                    if same:
                         _r, cc_i, pc_i, io_i, psc_i, dcc, dpc, dio, dpsc, dw, done = rm
                         replays[0] += 1
                         if cc_i:
@@ -1278,15 +1290,33 @@ class Translator:
                         if dw:
                             tr._walks += dw
                         if done[0]:  # a translation (and its fast-dict entry)
-                            _ok, hpa, page, fent = done
+                            _ok, hpa, page, fkey, fent = done
                             if fent is not None:
-                                fast[(sid, pasid, addr >> 12)] = [*fent, 1, 0]
+                                fast[fkey] = fent.copy()  # (a fresh list: its hits change)
                             t = new(Translation)
                             t.address = hpa
                             t._p = page
                             return t
+                        # the fault: Translator._fault inlined (saves its frame, ~0.2 us of
+                        # a replayed fault in the explorer's end checks; the replay tests of
+                        # tests/test_perf_translate_cold.py compare the fault records).
+                        # ``fpd`` is the recorded fault's: an FPD bit suppressed a qualified
+                        # fault (VT-d 7.1.3), which is then not recorded (VT-d 7.2.1)
                         _ok, reason, fpd, eff = done
-                        return tr._fault(reason, fpd, sid, pasid, addr, write, False, eff)
+                        tr.faults += 1
+                        f = new(TranslationFault)
+                        f.reason = reason
+                        f.sid = sid
+                        f.pasid = pasid
+                        f.address = addr
+                        f.write = write
+                        f.execute = False
+                        f.privileged = eff
+                        f.fpd = fpd
+                        f.recorded = False
+                        if not fpd:
+                            f.recorded = tr.unit.record_fault(f) is not False
+                        return f
                 # (a request whose reads keep changing is recorded a few times only)
                 n = records.get(rkey, 0)
                 if n < _RECORDS_PER_REQUEST:
