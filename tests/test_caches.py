@@ -3,6 +3,8 @@ invalidation granularity, on the cache objects directly."""
 
 from __future__ import annotations
 
+import random
+
 import pytest
 
 from vtdsim.errors import ArgumentError
@@ -35,6 +37,24 @@ def test_disabled_cache_never_holds_anything() -> None:
     c.insert(1, "x")
     assert c.lookup(1) is None and len(c) == 0
     assert c.statistics().misses == 1
+
+
+@pytest.mark.parametrize("entries", [None, 0])
+def test_unbounded_or_disabled_cache_state_is_one_dict(entries: int | None) -> None:
+    """Such a cache keeps nothing but its dict of entries and counters (no per-set
+    structures): all the explorer's snapshot records of it, and all a restore compares."""
+    from vtdsim.explore.snapshot import GraphSnapshot
+
+    c: TranslationCache[int, str] = TranslationCache(CacheGeometry(entries=entries), "t")
+    snap = GraphSnapshot(c, skip=lambda o: isinstance(o, random.Random))
+    containers = snap._cold + snap._big_live
+    assert [type(o) for o in containers if o is not vars(c)] == [dict]
+    c.insert(1, "x")
+    held = entries is None
+    assert (c.lookup(1), 1 in c, len(c)) == (("x", True, 1) if held else (None, False, 0))
+    assert c.invalidate_all() == (1 if held else 0) and len(c) == 0
+    snap.restore()
+    assert c.statistics() == CacheStatistics(0, 0, 0, 0, 0)
 
 
 def test_lru_evicts_least_recently_used() -> None:

@@ -113,8 +113,12 @@ class TranslationCache(Generic[K, V]):
         else:
             self._nsets = 1
             self._ways = 0
-        # one ordered dict per set; the unbounded cache is a single plain dict
-        self._sets: list[OrderedDict[K, V]] = [OrderedDict() for _ in range(self._nsets)]
+        # one ordered dict per set, in a tuple (the sets are fixed; each changes in place); an
+        # unbounded or a disabled cache keeps its entries in ``_all`` and has no set (nothing
+        # for the explorer's snapshot to compare at every restore)
+        self._sets: tuple[OrderedDict[K, V], ...] = (
+            tuple(OrderedDict() for _ in range(self._nsets)) if self.bounded else ()
+        )
         self._all: dict[K, V] = {}
 
     # -- lookup / fill ---------------------------------------------------------------------
