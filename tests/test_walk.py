@@ -401,7 +401,8 @@ def test_property_fl_mapping(mapping: dict[int, int]) -> None:
 
 def test_walker_is_immutable_once_built() -> None:
     """The explorer's snapshot does not record a walker's attributes (``_snapshot_frozen``):
-    the walker refuses to change them, and a world snapshot holds none of its dicts."""
+    the walker refuses to change them, its per-level masks are read-only, and a snapshot
+    holds none of its dicts."""
     t, _, _sl = sm_sl_setup(Capabilities())
     w: Walker = t.tr.walker
     with pytest.raises(AttributeError, match=r"'sl_rw'.*immutable"):
@@ -409,7 +410,10 @@ def test_walker_is_immutable_once_built() -> None:
     with pytest.raises(AttributeError, match="immutable"):
         w.extra = 1  # type: ignore[attr-defined]
     assert w.sl_rw == w.sl_r | w.sl_w and not hasattr(w, "extra")
+    for masks in (w.sl_level, w.sl_level_legacy, w.fl_level, w._pgtt_ok):
+        with pytest.raises(TypeError):
+            masks[1] = masks[1]  # type: ignore[index]
     snap = GraphSnapshot(t.unit)
     recorded = snap._cold + snap._big_live
     assert not any(d is vars(w) for d in recorded)
-    assert any(d is w.sl_level for d in recorded)  # what it holds is still recorded
+    assert not any(type(d) is dict and d == dict(w.sl_level) for d in recorded)

@@ -50,8 +50,9 @@ Behaviour and sources (each also cited at the code):
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass
+from types import MappingProxyType
 from typing import Final
 
 from vtdsim.errors import MemoryAccessError
@@ -355,7 +356,8 @@ def _bit(layout: Layout, name: str) -> int:
     return layout.field(name).mask
 
 
-LevelMasks = dict[int, tuple[int, int, int, Layout]]
+#: read-only (the walker is immutable once built)
+LevelMasks = Mapping[int, tuple[int, int, int, Layout]]
 
 
 def _level_masks(
@@ -367,14 +369,16 @@ def _level_masks(
     """Per paging level 1-5: (table-entry reserved mask, leaf reserved mask or -1 where a leaf
     (PS=1) is reserved, leaf address mask, leaf layout).  Level 1 is always a leaf; levels
     with a superpage layout are leaves where ``large_ok(level)``."""
-    out: LevelMasks = {1: (0, rsv(leaves[1]), leaves[1].field("ADDR").mask, leaves[1])}
+    out: dict[int, tuple[int, int, int, Layout]] = {
+        1: (0, rsv(leaves[1]), leaves[1].field("ADDR").mask, leaves[1])
+    }
     for lvl in range(2, 6):
         lay = leaves.get(lvl)
         if lay is not None and large_ok(lvl):
             out[lvl] = (rsv(table), rsv(lay), lay.field("ADDR").mask, lay)
         else:
             out[lvl] = (rsv(table), -1, 0, lay or table)
-    return out
+    return MappingProxyType(out)
 
 
 class Walker:
@@ -471,10 +475,12 @@ class Walker:
         # Legacy mode: a leaf's SNP is reserved unless ECAP.SC (QEMU vtd_init clears
         # VTD_SPTE_SNP from the leaf masks only "if (s->scalable_mode || s->snoop_control)").
         snp = 0 if caps.snoop_control else _bit(SL_PTE_4K, "SNP")
-        self.sl_level_legacy: dict[int, tuple[int, int, int, Layout]] = {
-            lvl: (t_rsv, l_rsv if l_rsv < 0 else l_rsv | snp, l_addr, lay)
-            for lvl, (t_rsv, l_rsv, l_addr, lay) in self.sl_level.items()
-        }
+        self.sl_level_legacy: LevelMasks = MappingProxyType(
+            {
+                lvl: (t_rsv, l_rsv if l_rsv < 0 else l_rsv | snp, l_addr, lay)
+                for lvl, (t_rsv, l_rsv, l_addr, lay) in self.sl_level.items()
+            }
+        )
         # first-level paging entries
         self.fl_p = _bit(FL_TABLE, "P")
         self.fl_rw = _bit(FL_TABLE, "RW")
@@ -492,12 +498,14 @@ class Walker:
             {1: FL_PTE_4K, 2: FL_PDE_2M, 3: FL_PDPE_1G},
             lambda lvl: lvl == 2 or caps.fl_1g_pages,
         )
-        self._pgtt_ok = {
-            PGTT_FL: caps.first_level,
-            PGTT_SL: caps.second_level,
-            PGTT_NESTED: caps.nested and caps.first_level and caps.second_level,
-            PGTT_PT: caps.pass_through,
-        }
+        self._pgtt_ok: Mapping[int, bool] = MappingProxyType(
+            {
+                PGTT_FL: caps.first_level,
+                PGTT_SL: caps.second_level,
+                PGTT_NESTED: caps.nested and caps.first_level and caps.second_level,
+                PGTT_PT: caps.pass_through,
+            }
+        )
         #: The uncached scalable-mode hot path (see :meth:`_build_fast_sm`).
         self.fast_sm: FastSm = self._build_fast_sm()
         self._sealed = True
