@@ -894,7 +894,6 @@ class RemappingUnit:
                         if err is None:
                             counts = self._counts
                             counts[t] += 1
-                            head += 1
                             # the status write (SADDR is dword aligned, the data 32 bits):
                             # PhysicalMemory.write32's store into an already written page,
                             # inlined; any other page through write32 itself
@@ -907,11 +906,12 @@ class RemappingUnit:
                                     self.memory.write32(saddr, wlo >> _W_SDATA_SH)
                             except MemoryAccessError:
                                 err = _IQEI_NA
+                                head += 1  # past the descriptor; IQH stays at the wait
                             else:
                                 self._status_writes += 1
                                 self._waits += 1
                                 counts[_WAIT_TYPE] += 1
-                                head += 1
+                                head += 2  # past the descriptor and the wait descriptor
                         if err is None and head != self._iq_tail:
                             self._drain(head)  # a side effect moved the tail
                             return

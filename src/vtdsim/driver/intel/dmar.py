@@ -377,11 +377,13 @@ VTD_PAGE_MASK = ((1 << 64) - 1) ^ ((1 << VTD_PAGE_SHIFT) - 1)
 MAX_AGAW_PFN_WIDTH = MAX_AGAW_WIDTH - VTD_PAGE_SHIFT
 _U64 = (1 << 64) - 1
 #: two 256-bit ring slots (qi_submit_sync's descriptor + wait), as PhysicalMemory stores them
-_PACK_2SLOTS = struct.Struct("=8Q").pack
+_PACK_2SLOTS_INTO = struct.Struct("=8Q").pack_into
 #: n -> ``struct.Struct(f"={n}Q").pack`` (qi_submit_sync's one-slice copy)
 _PACK_QWORDS: dict[int, Callable[..., bytes]] = {}
 #: one little-endian qword (a status word), as PhysicalMemory.write64 stores it
 _PACK_QWORD_INTO = struct.Struct("<Q").pack_into
+#: one qword as PhysicalMemory's 'Q' views read it (native order): a status word read back
+_UNPACK_QWORD_FROM = struct.Struct("=Q").unpack_from
 #: QI_IOTLB_GRAN(DMA_TLB_DSI_FLUSH): the G field of a domain-selective IOTLB descriptor
 _DSI_G = (DMA_TLB_DSI_FLUSH >> _IIRG) << _G
 #: qword 1 of desc_dev_iotlb_pasid(..., addr=0, size_order=MAX_AGAW_PFN_WIDTH): the same steps
@@ -735,41 +737,42 @@ class IntelIommu:
                     wp = mem.written_pages  # PhysicalMemory's hot-path view of written pages
                     rbuf = wp.get(ring >> 12)
                     sbuf = wp.get(status_addr >> 12)
-                    ok = True
-                    data = None
                     if (
                         rbuf is not None
                         and sbuf is not None
                         and type(d0) is int
                         and type(d1) is int
+                        and not (d0 | d1) >> 64  # 0 <= d0, d1 <= _U64 (a negative one: -1)
                     ):
-                        try:
-                            # packing range-checks d0 and d1 (0 <= d <= _U64) before a byte
-                            # is stored
-                            data = _PACK_2SLOTS(d0, d1, 0, 0, _WAIT_QW0, status_addr, 0, 0)
-                        except struct.error:
-                            data = None  # out of range: write_qwords below raises the error
-                        else:
-                            # PhysicalMemory.write_qwords(ring, ...) and write64(status,
-                            # QI_IN_USE) into pages already written, inlined: the same bytes
-                            off = ring & 0xFFF
-                            rbuf[off : off + 64] = data
-                            _PACK_QWORD_INTO(sbuf, status_addr & 0xFFF, QI_IN_USE)
-                    if data is None:
+                        # PhysicalMemory.write_qwords(ring, ...) and write64(status,
+                        # QI_IN_USE) into pages already written, inlined: the same bytes,
+                        # packed in place.  Every value is in range (d0 and d1 checked just
+                        # above; the status address lies in a written page, inside memory),
+                        # so pack_into, which zero-fills its destination before it
+                        # range-checks, cannot fail half-way (tests/test_perf_qi2.py).
+                        _PACK_2SLOTS_INTO(
+                            rbuf, ring & 0xFFF, d0, d1, 0, 0, _WAIT_QW0, status_addr, 0, 0
+                        )
+                        _PACK_QWORD_INTO(sbuf, status_addr & 0xFFF, QI_IN_USE)
+                        ok = True
+                    else:
                         try:
                             mem.write_qwords(ring, (d0, d1, 0, 0, _WAIT_QW0, status_addr, 0, 0))
                         except ArgumentError:
                             ok = False  # nothing written: the general path raises the error
                         else:
                             mem.write64(status_addr, QI_IN_USE)
+                            ok = True
                     if ok:
                         head = index + 2 if index + 2 < QI_LENGTH else 0
                         self._free_head = head
                         self.unit.write32(DMAR_IQT_REG, head << 5)
-                        q = mem.qword_pages.get(status_addr >> 12)  # read-only hot-path view
+                        # the status word, read back from the written page it is in (the
+                        # buffer under the read-only qword_pages view, never replaced: the
+                        # same qword), else through read64
                         status = (
-                            q[(status_addr & 0xFFF) >> 3]
-                            if q is not None
+                            _UNPACK_QWORD_FROM(sbuf, status_addr & 0xFFF)[0]
+                            if sbuf is not None
                             else mem.read64(status_addr)
                         )
                         if status & 0xFFFFFFFF != QI_DONE:
