@@ -264,7 +264,9 @@ def test_devtlb_source_id_cache_matches_a_platform_lookup_per_descriptor() -> No
                 _u._qi_devices_clear()
                 return _o(lo, hi)  # type: ignore[no-any-return]
 
-            unit._qi_table[int(DescType.PDEVTLB)] = uncached
+            table = list(unit._qi_table)
+            table[int(DescType.PDEVTLB)] = uncached
+            unit._qi_table = tuple(table)
         trace: list[object] = []
         _aux_cycles(k, 11, trace)
         runs.append((trace, _kernel_state(k)))

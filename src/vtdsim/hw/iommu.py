@@ -832,10 +832,12 @@ class RemappingUnit:
                     table[D.DescType.PDEVTLB] = self._qi_pdevtlb
                 if caps.page_requests:
                     table[D.DescType.PGRP_RESP] = lambda lo, hi: None
-        self._qi_table = table
+        # tuples: replaced whole when the queue is configured again, never changed in place
+        # (so the explorer's snapshot has nothing of them to compare at every restore)
+        self._qi_table: tuple[_QiHandler, ...] = tuple(table)
         #: the largest AM a page-selective IOTLB descriptor may carry (-1: no CAP.PSI)
         self._qi_mamv = caps.mamv if caps.psi else -1
-        self._qi_valid = [not getattr(h, "_invalid", False) for h in table]
+        self._qi_valid = tuple(not getattr(h, "_invalid", False) for h in table)
         # source-id -> function, for device-TLB descriptors (filled by _device): emptied
         self._qi_devices_clear()
 
