@@ -288,7 +288,7 @@ class Kernel(IommuCore):
                         )
             for d in st_aux:
                 assert isinstance(d, DmarDomain)
-                if id(d) in inflight:
+                if inflight and id(d) in inflight:
                     continue
                 dp = d.default_pasid
                 if dp == 0:
@@ -312,7 +312,6 @@ class Kernel(IommuCore):
         records: dict[DmarDomain, int] = {}
         aux = ops.aux
         if corrected:
-            assert isinstance(aux, CorrectedAux)
             if type(aux) is CorrectedAux:
                 # CorrectedAux.attachments() without the list: its records in its order
                 for subs in aux.by_device.values():
@@ -326,6 +325,7 @@ class Kernel(IommuCore):
                                 f"{d!r} on {s.info.dev.bdf}: {users} users, core has {core_n}"
                             )
             else:
+                assert isinstance(aux, CorrectedAux)
                 for d, info, _p, users in aux.attachments():
                     records[d] = records.get(d, 0) + 1
                     core_n = aux_pairs.get((id(info.dev), d), 0)

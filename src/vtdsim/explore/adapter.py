@@ -3,8 +3,10 @@
 A world is a booted platform (two remapping units, three PASID-capable ATS devices with AUX
 enabled) plus the workload's own records: DMA results seen after a detach returned, which thread
 gets an injected failure.  Workload threads call only the methods below; the invariants read only
-:meth:`DriverWorld.audit` (``Kernel.audit()`` split into named categories) and
-:meth:`DriverWorld.leaks`.  If the driver's API changes, this module is what to adapt.
+:meth:`DriverWorld.audit` (``Kernel.audit()`` split into named categories by
+:func:`categorised`; for a world that keeps this method they call those two themselves, one call
+less per check) and :meth:`DriverWorld.leaks`.  If the driver's API changes, this module is what
+to adapt.
 
 Devices: ``dev0`` = 00:02.0 and ``dev2`` = 00:04.0 behind ``dmar0``, ``dev1`` = 00:03.0 alone
 behind ``dmar1`` (so a domain's first attach to ``dev1`` must allocate a domain ID there: the
@@ -23,7 +25,7 @@ from vtdsim.driver.intel.inject import FaultInjector
 from vtdsim.errors import IommuError
 from vtdsim.explore.snapshot import GraphSnapshot
 
-__all__ = ["IOVA", "DriverWorld", "audit_category"]
+__all__ = ["IOVA", "DriverWorld", "audit_category", "categorised"]
 
 #: the device address every workload maps and DMAs to
 IOVA = 0x10000
@@ -60,6 +62,18 @@ def audit_category(message: str) -> str:
     if "refcnt" in m or "records" in m or "users" in m or "attachment" in m:
         return "attach-count"
     return "kernel-audit"
+
+
+def categorised(msgs: list[str], *, with_leaks: bool) -> list[tuple[str, str]]:
+    """``Kernel.audit()`` messages ``msgs`` as :meth:`DriverWorld.audit` returns them:
+    ``(category, message)``, leak messages only when ``with_leaks``."""
+    out = []
+    for m in msgs:
+        c = audit_category(m)
+        if c == "leak" and not with_leaks:
+            continue
+        out.append((c, m))
+    return out
 
 
 class DriverWorld:
@@ -211,13 +225,7 @@ class DriverWorld:
         msgs = self.kernel.audit()
         if not msgs:
             return []  # (the common case: a consistent state)
-        out = []
-        for m in msgs:
-            c = audit_category(m)
-            if c == "leak" and not with_leaks:
-                continue
-            out.append((c, m))
-        return out
+        return categorised(msgs, with_leaks=with_leaks)
 
     def max_pasids(self, dev: int) -> int:
         return int(self.kernel.max_pasids(self.devs[dev]))

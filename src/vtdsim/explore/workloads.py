@@ -45,7 +45,7 @@ each schedule (:class:`vtdsim.explore.snapshot.GraphSnapshot`).
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
+from collections.abc import Sequence
 from typing import Any, ClassVar
 
 from vtdsim.driver import sync
@@ -119,7 +119,11 @@ def _failing_attach(w: Any, dev: int) -> int:
 # The two helpers below return their message (if any) as a tuple rather than being
 # generators: each does all its work before its one message, so the checks and their side
 # effects (the DMAs, recorded faults) are the same for any consumer of check_end, without a
-# generator object and a ``yield from`` delegation per check.
+# generator object and a ``yield from`` delegation per check.  The workloads' ``check_end``
+# methods build their messages the same way, as one tuple, in the order a generator would
+# yield them: their consumers (``Runner._end_checks``, ``threads.run_threads``) take every
+# message, so every check runs either way, in the same order (pinned by
+# ``tests/test_perf_end_checks3.py`` against the generators they replace).
 
 
 def _attached(w: DriverWorld, dom: Any, dev: int) -> tuple[str, ...]:
@@ -152,12 +156,14 @@ class WorkloadA(DriverWorkload):
             ("attach-dev1", lambda: w.attach(w.dom, 1)),
         ]
 
-    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+    def check_end(self, w: Any, results: Sequence[object]) -> tuple[str, ...]:
+        out: tuple[str, ...] = ()
         if results[0] != 0:
-            yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
-        yield from _detached(w, w.dom, 0, w.pasid0)
+            out = (f"the final detach failed: {errno_name(results[0])}",)  # type: ignore[arg-type]
+        out += _detached(w, w.dom, 0, w.pasid0)
         if results[1] == 0:
-            yield from _attached(w, w.dom, 1)
+            out += _attached(w, w.dom, 1)
+        return out
 
 
 @register("b")
@@ -174,12 +180,14 @@ class WorkloadB(DriverWorkload):
             ("attach-dev2", lambda: w.attach(w.dom, 2)),
         ]
 
-    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+    def check_end(self, w: Any, results: Sequence[object]) -> tuple[str, ...]:
+        out: tuple[str, ...] = ()
         for dev, r in ((0, results[0]), (2, results[1])):
             if r != 0:
-                yield f"attach to dev{dev} failed: {errno_name(r)}"  # type: ignore[arg-type]
+                out += (f"attach to dev{dev} failed: {errno_name(r)}",)  # type: ignore[arg-type]
             else:
-                yield from _attached(w, w.dom, dev)
+                out += _attached(w, w.dom, dev)
+        return out
 
 
 @register("c")
@@ -199,15 +207,17 @@ class WorkloadC(DriverWorkload):
             ("attach-dev2", lambda: w.attach(w.dom, 2)),
         ]
 
-    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+    def check_end(self, w: Any, results: Sequence[object]) -> tuple[str, ...]:
+        out: tuple[str, ...] = ()
         if results[0] != 0:
-            yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
+            out = (f"the final detach failed: {errno_name(results[0])}",)  # type: ignore[arg-type]
         if results[1] == 0:
-            yield "the attach with an injected DID failure succeeded"
+            out += ("the attach with an injected DID failure succeeded",)
         if results[2] == 0:
-            yield from _attached(w, w.dom, 2)
+            out += _attached(w, w.dom, 2)
         else:
-            yield f"attach to dev2 failed: {errno_name(results[2])}"  # type: ignore[arg-type]
+            out += (f"attach to dev2 failed: {errno_name(results[2])}",)  # type: ignore[arg-type]
+        return out
 
 
 @register("d")
@@ -225,10 +235,11 @@ class WorkloadD(DriverWorkload):
 
         return [("detach-dev0", lambda: w.detach(w.dom, 0)), ("dma-dev0", dma)]
 
-    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+    def check_end(self, w: Any, results: Sequence[object]) -> tuple[str, ...]:
+        out: tuple[str, ...] = ()
         if results[0] != 0:
-            yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
-        yield from _detached(w, w.dom, 0, w.pasid0)
+            out = (f"the final detach failed: {errno_name(results[0])}",)  # type: ignore[arg-type]
+        return out + _detached(w, w.dom, 0, w.pasid0)
 
 
 @register("e")
@@ -246,14 +257,16 @@ class WorkloadE(DriverWorkload):
             ("attach-D2-dev2", lambda: w.attach(w.dom2, 2)),
         ]
 
-    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+    def check_end(self, w: Any, results: Sequence[object]) -> tuple[str, ...]:
+        out: tuple[str, ...] = ()
         if results[0] != 0:
-            yield f"the final detach failed: {errno_name(results[0])}"  # type: ignore[arg-type]
-        yield from _detached(w, w.dom, 0, w.pasid0)
+            out = (f"the final detach failed: {errno_name(results[0])}",)  # type: ignore[arg-type]
+        out += _detached(w, w.dom, 0, w.pasid0)
         if results[1] != 0:
-            yield f"attach of D2 to dev2 failed: {errno_name(results[1])}"  # type: ignore[arg-type]
+            out += (f"attach of D2 to dev2 failed: {errno_name(results[1])}",)  # type: ignore[arg-type]
         else:
-            yield from _attached(w, w.dom2, 2)
+            out += _attached(w, w.dom2, 2)
+        return out
 
 
 #: result of (f)'s detach thread when it ran before the injected failure (it does nothing)
@@ -285,12 +298,14 @@ class WorkloadF(DriverWorkload):
             ("detach-dev0", detach_after_failure),
         ]
 
-    def check_end(self, w: Any, results: Sequence[object]) -> Iterable[str]:
+    def check_end(self, w: Any, results: Sequence[object]) -> tuple[str, ...]:
+        out: tuple[str, ...] = ()
         if results[0] == 0:
-            yield "the attach with an injected DID failure succeeded"
+            out = ("the attach with an injected DID failure succeeded",)
         if results[1] == SKIPPED:
-            yield from _attached(w, w.dom, 0)
+            out += _attached(w, w.dom, 0)
         elif results[1] != 0:
-            yield f"the final detach failed: {errno_name(results[1])}"  # type: ignore[arg-type]
+            out += (f"the final detach failed: {errno_name(results[1])}",)  # type: ignore[arg-type]
         else:
-            yield from _detached(w, w.dom, 0, w.pasid0)
+            out += _detached(w, w.dom, 0, w.pasid0)
+        return out
