@@ -1297,26 +1297,11 @@ class Translator:
                             t.address = hpa
                             t._p = page
                             return t
-                        # the fault: Translator._fault inlined (saves its frame, ~0.2 us of
-                        # a replayed fault in the explorer's end checks; the replay tests of
-                        # tests/test_perf_translate_cold.py compare the fault records).
-                        # ``fpd`` is the recorded fault's: an FPD bit suppressed a qualified
-                        # fault (VT-d 7.1.3), which is then not recorded (VT-d 7.2.1)
+                        # the fault (``fpd``: the recorded fault's, already "suppressed": an FPD
+                        # bit suppressed a qualified fault, VT-d 7.1.3, which _fault then does
+                        # not record, VT-d 7.2.1)
                         _ok, reason, fpd, eff = done
-                        tr.faults += 1
-                        f = new(TranslationFault)
-                        f.reason = reason
-                        f.sid = sid
-                        f.pasid = pasid
-                        f.address = addr
-                        f.write = write
-                        f.execute = False
-                        f.privileged = eff
-                        f.fpd = fpd
-                        f.recorded = False
-                        if not fpd:
-                            f.recorded = tr.unit.record_fault(f) is not False
-                        return f
+                        return tr._fault(reason, fpd, sid, pasid, addr, write, False, eff)
                 # (a request whose reads keep changing is recorded a few times only)
                 n = records.get(rkey, 0)
                 if n < _RECORDS_PER_REQUEST:
