@@ -30,7 +30,7 @@ from typing import Any, ClassVar
 import pytest
 
 from test_perf_end_checks import _audit_ref, _call, _corrupt
-from test_perf_end_checks2 import _new_alloc_in_use_ref
+from test_perf_end_checks2 import _FakeWorld, _new_alloc_in_use_ref
 from vtdsim.driver.intel.aux import CorrectedAux
 from vtdsim.driver.intel.aux_v5 import KernelOops
 from vtdsim.driver.kernel import Kernel
@@ -344,22 +344,17 @@ def _f_ref(w: Any, results: Sequence[Any]) -> Iterable[str]:
 _CHECK_END_REFS = {"a": _a_ref, "b": _b_ref, "c": _c_ref, "d": _d_ref, "e": _e_ref, "f": _f_ref}
 
 
-class _Scripted:
-    """A world whose PASID answers and DMA outcomes are scripted; records every call."""
+class _Scripted(_FakeWorld):
+    """test_perf_end_checks2's recording world, with a DMA outcome scripted per call."""
 
     def __init__(self, pasid: int, oks: Sequence[bool], pasid0: int) -> None:
+        super().__init__(pasid, False)
         self.dom, self.dom2, self.pasid0 = "D", "D2", pasid0
-        self.p = pasid
         self.oks = list(oks)
-        self.calls: list[tuple[object, ...]] = []
-
-    def pasid(self, dom: Any, dev: int) -> int:
-        self.calls.append(("pasid", dom, dev))
-        return self.p
 
     def dma(self, dom: Any, dev: int, pasid: int) -> bool:
-        self.calls.append(("dma", dom, dev, pasid))
-        return self.oks.pop(0) if self.oks else False
+        self.ok = self.oks.pop(0) if self.oks else False
+        return super().dma(dom, dev, pasid)
 
 
 def _messages(check: Callable[[Any, Sequence[Any]], Iterable[str]], w: Any, r: Any) -> Any:
