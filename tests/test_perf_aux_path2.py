@@ -34,6 +34,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from sync_recorder import Recorder
+from test_perf_driver_first_attach import _ref_frame_alloc
 from vtdsim.driver import sync
 from vtdsim.driver.core import DomainType
 from vtdsim.driver.intel import dmar as D
@@ -44,7 +45,7 @@ from vtdsim.driver.intel.ioasid import PasidAllocator
 from vtdsim.driver.kernel import Kernel
 from vtdsim.errors import ArgumentError, IommuError
 from vtdsim.explore.adapter import DriverWorld
-from vtdsim.hw.memory import PAGE_SIZE, FrameAllocator, OutOfFrames, PhysicalMemory
+from vtdsim.hw.memory import PAGE_SIZE, FrameAllocator, PhysicalMemory
 
 
 def _outcome(f: Callable[..., Any], *args: Any) -> object:
@@ -280,39 +281,12 @@ def test_pasid_alloc_argument_check_matches_isinstance(calls: list[tuple[Any, An
 
 
 def _ref_frames_alloc(self: FrameAllocator, order: int = 0, tag: str = "") -> int:
-    """FrameAllocator.alloc before the exact-int order check and the skipped-loop test."""
-    from vtdsim.hw import memory as M
-
+    """FrameAllocator.alloc before the exact-int order check and the skipped-loop test: that
+    check, then test_perf_driver_first_attach's reference (the general path, which zeroes
+    every frame through zero_pages)."""
     if not isinstance(order, int) or not 0 <= order <= 10:
         raise ArgumentError("order", order, "an integer in 0..10")
-    if self.fail_hook is not None and self.fail_hook(tag, order):
-        self._failures += 1
-        raise OutOfFrames(order, tag, injected=True)
-    size = PAGE_SIZE << order
-    free = self._free.get(order)
-    if free:
-        addr = free.pop()
-    else:
-        addr = (self._next + size - 1) & ~(size - 1)
-        if addr + size > self.end:
-            self._failures += 1
-            raise OutOfFrames(order, tag)
-        for skipped in range(self._next, addr, PAGE_SIZE):
-            self._free.setdefault(0, []).append(skipped)
-        self._next = addr + size
-    mem = self.memory
-    if order:
-        mem.zero_pages(addr, 1 << order)
-    else:
-        pfn = addr >> M.PAGE_SHIFT
-        buf = mem.written_pages.get(pfn)
-        if buf is not None:
-            buf[:] = M._ZERO_PAGE
-        elif mem._image is not None and pfn < mem._image_pages:
-            mem._install(pfn, bytearray(PAGE_SIZE))
-    self.live[addr] = (order, tag)
-    self._allocs += 1
-    return addr
+    return _ref_frame_alloc(self, order, tag)
 
 
 _orders = st.one_of(
